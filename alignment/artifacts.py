@@ -1,0 +1,158 @@
+"""Content-addressed artifact store.
+
+A stage output lives in ``<store>/<stage>/<key>/`` where ``key`` hashes exactly what determines it: the
+stage config (with data files replaced by their content hash and upstream models by their artifact id),
+the code version and a refresh salt. Outputs are written into ``<store>/.tmp/`` and renamed into place
+only once complete, with ``manifest.json`` written last, so a directory that exists is a finished
+artifact and a crash leaves nothing that looks done. The key is also the Prefect cache key.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+KEY_CHARS = 20  # 80 bits of sha256: collisions are not a practical concern for one user's store
+
+
+def alignment_home() -> Path:
+    """Where the store, model cache and Prefect results live (``$ALIGNMENT_HOME``, default ``./.alignment``)."""
+    return Path(os.environ.get("ALIGNMENT_HOME", ".alignment")).resolve()
+
+
+def store_root() -> Path:
+    return Path(os.environ.get("ALIGNMENT_STORE", alignment_home() / "store")).resolve()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus a hash of the library's Python sources: a code change invalidates caches."""
+    from alignment import __version__
+
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "prefect", "vllm"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def stage_key(stage: str, identity: dict[str, Any]) -> str:
+    """The artifact key of `stage` for a fully resolved identity (config, input hashes, code version)."""
+    return sha256_json({"stage": stage, **identity})[:KEY_CHARS]
+
+
+@dataclass
+class StageResult:
+    """What a stage returns and a flow passes on: small, JSON-friendly, no models."""
+
+    stage: str
+    key: str
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # True when the store already held this artifact and nothing was computed
+
+    @property
+    def artifact_id(self) -> str:
+        return f"{self.stage}/{self.key}"
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((Path(self.path) / MANIFEST).read_text())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ArtifactStore:
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root) if root else store_root()
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def complete(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / MANIFEST).is_file()
+
+    def load(self, stage: str, key: str) -> StageResult:
+        p = self.path(stage, key)
+        m = json.loads((p / MANIFEST).read_text())
+        return StageResult(stage=stage, key=key, path=str(p), metrics=m.get("metrics", {}), reused=True)
+
+    @contextlib.contextmanager
+    def writer(self, stage: str, key: str) -> Iterator[Path]:
+        """Yield a private temp dir; on success it is renamed to the artifact path, on error removed."""
+        tmp = self.root / ".tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+            if not (tmp / MANIFEST).is_file():
+                raise RuntimeError(f"stage {stage} finished without writing {MANIFEST}")
+            final = self.path(stage, key)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(tmp, final)  # atomic on one file system
+            except OSError:
+                if not self.complete(stage, key):  # another run finished the same key first: keep theirs
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_manifest(
+    out_dir: Path,
+    *,
+    stage: str,
+    key: str,
+    identity: dict[str, Any],
+    inputs: dict[str, Any],
+    metrics: dict[str, Any],
+    started: float,
+    run_context: dict[str, Any] | None = None,
+) -> None:
+    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    manifest = {
+        "artifact_id": f"{stage}/{key}",
+        "stage": stage,
+        "key": key,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_s": round(time.time() - started, 2),
+        "inputs": inputs,
+        "identity": identity,
+        "code_version": code_version(),
+        "libraries": library_versions(),
+        "metrics": metrics,
+        "run": run_context or {},
+        "files": files,
+    }
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -1,0 +1,187 @@
+"""Typed configuration: one pydantic model per concern, shared by stages, recipes and Prefect flows.
+
+Every model forbids unknown keys (a typo in a recipe is an error, never silently ignored) and documents
+each field once through ``Field(description=...)``; the same models are the Prefect flow parameters, so
+the server validates ``--param`` overrides against the same rules.
+"""
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """Which model a stage starts from."""
+
+    name: str = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        description="A built-in model name (`smollm2-135m-instruct`, `tiny-random`), a Hugging Face hub id, "
+        "a local model directory, or a stage artifact directory from the store.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: `auto` is float32 on CPU and bfloat16 on a GPU that supports it."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a hub repository. Off unless you trust the repository."
+    )
+
+
+class AdapterMode(StrEnum):
+    auto = "auto"  # LoRA on CPU, full fine-tuning on a GPU
+    lora = "lora"
+    qlora = "qlora"  # 4-bit base via bitsandbytes; needs a CUDA GPU
+    full = "full"
+
+
+class AdapterSpec(Strict):
+    """Parameter-efficient fine-tuning settings (PEFT)."""
+
+    mode: AdapterMode = Field(AdapterMode.auto, description="`auto` (LoRA on CPU, full on GPU), `lora`, `qlora`, `full`.")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear`."
+    )
+
+
+class DataFormat(StrEnum):
+    auto = "auto"
+    messages = "messages"  # {"messages": [{"role", "content"}, ...]}
+    prompt_completion = "prompt_completion"  # {"prompt", "completion"}, text or conversational
+    preference = "preference"  # {"prompt"?, "chosen", "rejected"}, explicit or implicit prompt
+    hh_rlhf = "hh_rlhf"  # {"chosen", "rejected"} in "\n\nHuman: ... \n\nAssistant: ..." text
+    prompt_only = "prompt_only"  # {"prompt"}, for evaluation / generation
+
+
+class DataSpec(Strict):
+    """A data set: a local file (JSONL, JSON, Parquet, CSV) or a Hugging Face hub data set."""
+
+    path: str = Field(..., min_length=1, description="Local file path (relative to the project root) or hub id.")
+    split: str = Field("train", description="Split name for hub data sets (ignored for local files).")
+    subset: str | None = Field(None, description="Hub data set configuration name.")
+    format: DataFormat = Field(DataFormat.auto, description="Row format; `auto` detects it from the keys.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows (after validation).")
+
+
+class TrainSpec(Strict):
+    """Optimisation settings common to the TRL trainers."""
+
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate; must be > 0.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored if max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 uses `epochs`.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size (rows; pairs for DPO).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=8, description="Truncate tokenised rows to this many tokens.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    logging_steps: int = Field(2, ge=1, description="Record metrics every N steps (training curves).")
+    seed: int = Field(0, description="Seed for data order, adapter init and sampling.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+
+
+class GenerationSpec(Strict):
+    """How held-out responses are sampled for the before/after tables."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Tokens generated per response.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding (reproducible).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling cut-off when temperature > 0.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
+class SFTSettings(Strict):
+    """The SFT part of a recipe (TRL `SFTTrainer`)."""
+
+    data: DataSpec = Field(..., description="Instruction data: `messages` or `prompt`/`completion` rows.")
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    assistant_only_loss: bool = Field(True, description="Train only on completion/assistant tokens.")
+
+
+class DPOLoss(StrEnum):
+    """A subset of TRL's DPO `loss_type` values, the ones documented as stable."""
+
+    sigmoid = "sigmoid"
+    hinge = "hinge"
+    ipo = "ipo"
+    robust = "robust"
+    apo_zero = "apo_zero"
+    apo_down = "apo_down"
+
+
+class DPOSettings(Strict):
+    """The DPO part of a recipe (TRL `DPOTrainer`)."""
+
+    data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` or HH-RLHF text.")
+    eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5))
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
+    loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
+
+
+class StageInput(Strict):
+    """What every stage config shares: the start model, held-out prompts and a refresh salt."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    eval_prompts: DataSpec | None = Field(None, description="Held-out prompts answered after training.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    refresh_token: str | None = Field(
+        None, description="Set to force a new artifact although nothing else changed (refresh)."
+    )
+
+
+class SFTStageConfig(StageInput, SFTSettings):
+    """Everything `alignment.stages.sft.run` needs."""
+
+
+class DPOStageConfig(StageInput, DPOSettings):
+    """Everything `alignment.stages.dpo.run` needs. `model` is the policy start (and the reference)."""
+
+
+class BaselineStageConfig(StageInput):
+    """Responses of an untrained model to the held-out prompts (the "before" column)."""
+
+    @model_validator(mode="after")
+    def _needs_prompts(self) -> "BaselineStageConfig":
+        if self.eval_prompts is None:
+            raise ValueError("eval_prompts: the baseline stage needs held-out prompts; set eval_prompts.path")
+        return self
+
+
+STAGES = ("baseline", "sft", "dpo")
+
+
+class SftToDpoRecipe(Strict):
+    """The `sft-to-dpo` flow: base model → SFT → DPO, with held-out responses after each stage."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    eval_prompts: DataSpec = Field(..., description="Held-out prompts for the before/after table.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    sft: SFTSettings
+    dpo: DPOSettings
+
+    def stage_config(self, stage: str, model: ModelSpec | None = None, refresh_token: str | None = None):
+        """The config of one stage; `model` is the upstream artifact to start from (default: base)."""
+        common = {
+            "model": model or self.model,
+            "eval_prompts": self.eval_prompts,
+            "generation": self.generation,
+            "refresh_token": refresh_token,
+        }
+        if stage == "baseline":
+            return BaselineStageConfig(**common)
+        settings = {"sft": self.sft, "dpo": self.dpo}[stage]
+        cls = {"sft": SFTStageConfig, "dpo": DPOStageConfig}[stage]
+        return cls(**common, **dict(settings))

@@ -1,0 +1,138 @@
+"""Load YAML recipes and stage configs into pydantic models, with errors a person can act on.
+
+An error names the file, the line, the dotted key, the bad value and the fix, e.g.::
+
+    flows/recipes/sft-to-dpo.yaml line 21: dpo.train.learning_rate = -1e-05: Input should be greater
+    than 0. Fix: Peak learning rate; must be > 0.
+"""
+
+import copy
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "flows" / "recipes"
+
+
+class RecipeError(ValueError):
+    pass
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on the path `loc` (the key itself when it exists)."""
+    node, line = root, None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line if line is not None else (root.start_mark.line + 1 if root is not None else None)
+
+
+def _field_help(model: type[BaseModel], loc: tuple[Any, ...]) -> str | None:
+    cls: Any = model
+    info = None
+    for part in loc:
+        fields = getattr(cls, "model_fields", None)
+        if not fields or part not in fields:
+            return info.description if info else None
+        info = fields[part]
+        ann = info.annotation
+        args = getattr(ann, "__args__", ())
+        cls = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return info.description if info else None
+
+
+def describe(exc: ValidationError, model: type[BaseModel], source: str, root: yaml.Node | None = None) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        where = source
+        line = _line_of(root, loc) if root is not None else None
+        if line:
+            where += f" line {line}"
+        if err["type"] == "extra_forbidden":
+            parent = _field_help_parent(model, loc[:-1])
+            fix = f"remove it or use one of: {', '.join(parent)}" if parent else "remove it"
+            lines.append(f"{where}: {key}: unknown key. Fix: {fix} (check for a typo)")
+            continue
+        value = err.get("input")
+        shown = "" if err["type"] == "missing" else f" = {value!r:.80}"
+        hint = _field_help(model, loc)
+        lines.append(f"{where}: {key}{shown}: {err['msg']}." + (f" Fix: {hint}" if hint else ""))
+    return "\n".join(lines)
+
+
+def _field_help_parent(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    cls: Any = model
+    for part in loc:
+        info = getattr(cls, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        args = getattr(info.annotation, "__args__", ())
+        cls = next((a for a in (info.annotation, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return []
+    return sorted(getattr(cls, "model_fields", {}))
+
+
+def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Parse `path` and validate it as `model`; dotted `overrides` ("dpo.beta": 0.2) apply on top."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return validate_model(data, model, str(path), root, overrides)
+
+
+def validate_model(data: dict[str, Any], model: type[M], source: str, root: yaml.Node | None = None,
+                   overrides: dict[str, Any] | None = None) -> M:
+    data = apply_overrides(data, overrides or {}, source)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError(describe(e, model, source, root)) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str = "overrides") -> dict[str, Any]:
+    """Return a copy of `data` with each dotted key set, e.g. {"dpo.train.learning_rate": 1e-5}."""
+    out = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"{source}: override {dotted!r}: {part!r} is a value, not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe name under flows/recipes/ (``sft-to-dpo``) or a path to a YAML file."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
+        raise RecipeError(f"recipe {name_or_path!r} not found; known recipes: {known}, or pass a path to a YAML file")
+    return candidate

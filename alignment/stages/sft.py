@@ -1,0 +1,74 @@
+"""Supervised fine-tuning with TRL ``SFTTrainer`` (full, LoRA or QLoRA).
+
+Conversational rows are trained as prompt → final assistant turn (loss on the completion only), which
+works with any chat template. Output: ``model/`` (merged, safetensors), ``adapter/`` (LoRA), held-out
+``samples.jsonl``, ``curves.jsonl``, ``manifest.json``.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from alignment.artifacts import StageResult
+from alignment.config import SFTStageConfig
+from alignment.data import LoadedData, load_data
+from alignment.generation import answer_prompts
+from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
+from alignment.stages.common import (RunContext, cli, metrics_callback, run_stage, trainer_kwargs,
+                                     write_curves)
+
+STAGE = "sft"
+
+
+def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
+    """``messages`` ending in an assistant turn → ``prompt`` (all before) + ``completion`` (that turn)."""
+    if "messages" not in row:
+        return row
+    msgs = row["messages"]
+    last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return {"prompt": msgs[:last], "completion": [msgs[last]]}
+
+
+def validate(config: SFTStageConfig) -> tuple[LoadedData, LoadedData | None]:
+    train = load_data(config.data, "sft")
+    prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
+    return train, prompts
+
+
+def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: RunContext,
+          config: SFTStageConfig) -> dict[str, Any]:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    data, prompts = checked
+    rows = [to_prompt_completion(r) for r in data.rows]
+    tok = load_tokenizer(config.model)
+    model = load_model(config.model, config.adapter)
+    history: list[dict[str, Any]] = []
+    args = SFTConfig(**trainer_kwargs(config.train, out, len(rows)), completion_only_loss=config.assistant_only_loss,
+                     pad_token=tok.pad_token, eos_token=tok.eos_token)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         peft_config=peft_config(config.adapter),
+                         callbacks=[metrics_callback(history, context.progress)])
+    result = trainer.train()
+    write_curves(out, history)
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics: dict[str, Any] = {
+        "train_rows": len(rows), "steps": result.global_step, "train_loss": result.training_loss,
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": effective_mode(config.adapter).value,
+        "data_format": data.format.value,
+    }
+    model = trainer.model
+    if prompts:
+        answer_prompts(model, tok, prompts.rows, config.generation, out)
+    metrics.update(save_trained(model, tok, out))
+    return metrics
+
+
+def run(config: SFTStageConfig, context: RunContext | None = None) -> StageResult:
+    return run_stage(STAGE, config, lambda: validate(config),
+                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+
+
+if __name__ == "__main__":
+    cli(SFTStageConfig, run, STAGE)

@@ -1,0 +1,192 @@
+"""``alignment``: the command line for work without the UI.
+
+    alignment serve [--recipe sft-to-dpo]     start the local Prefect server and serve the deployments
+    alignment run [RECIPE] [-p key=value] [--refresh STAGE]   run the flow in this process
+    alignment stage STAGE --config x.yaml     run one stage alone (no Prefect)
+    alignment status                          server, serve process, recent runs, store
+    alignment summary [FLOW_RUN_ID]           UI address and results of a run (default: the latest)
+    alignment validate [RECIPE ...]           check recipes and every data file they name
+    alignment model fetch [NAME]              fetch and convert a built-in model into the cache
+    alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
+    alignment stop                            stop the serve process and the server
+"""
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from alignment.config import SftToDpoRecipe
+from alignment.data import DataError
+from alignment.models import ModelError
+from alignment.recipes import RecipeError, load_yaml_model, recipe_path
+from flows import server
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RecipeError(f"--param {pair!r}: expected key=value, e.g. -p dpo.beta=0.2")
+        k, v = pair.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def cmd_serve(a) -> None:
+    server.ensure_serving(a.recipe)
+    st = server.status()
+    print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of recipe {a.recipe!r}; "
+          f"logs in {st['logs']}\nRun:  prefect deployment run sft-to-dpo/sft-to-dpo --watch")
+
+
+def cmd_run(a) -> None:
+    recipe = load_yaml_model(recipe_path(a.recipe), SftToDpoRecipe, _parse_params(a.param))
+    server.ensure_server()
+    from flows.sft_to_dpo import sft_to_dpo
+
+    state = sft_to_dpo(recipe=recipe, refresh=a.refresh, return_state=True)
+    summary(str(state.state_details.flow_run_id))
+    if not state.is_completed():
+        sys.exit(1)
+
+
+def cmd_stage(a) -> None:
+    from alignment.config import BaselineStageConfig, DPOStageConfig, SFTStageConfig
+    from alignment.stages import runner
+
+    cls = {"baseline": BaselineStageConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig}[a.stage]
+    result = runner(a.stage)(load_yaml_model(a.config, cls, _parse_params(a.param)))
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+
+
+def _latest_run_id() -> str | None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as c:
+        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["sft-to-dpo"])),
+                                sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return str(runs[0].id) if runs else None
+
+
+def summary(run_id: str | None = None, rows: int = 6) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    server.apply_defaults()
+    run_id = run_id or _latest_run_id()
+    if run_id is None:
+        print("no sft-to-dpo run yet")
+        return
+    with get_client(sync_client=True) as c:
+        run = c.read_flow_run(run_id)
+        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    by_key = {a.key: a for a in arts if a.key}
+    print(f"\nFlow run {run.name} ({run.id}): {run.state_name}, {run.total_run_time.total_seconds():.0f} s")
+    print(f"Open in the Prefect UI: {server.ui_url()}/runs/flow-run/{run.id}")
+    print(f"All artifacts (summaries, curves, responses): {server.ui_url()}/artifacts")
+    if "sft-to-dpo-results" in by_key:
+        print("\n" + by_key["sft-to-dpo-results"].data)
+    if "sft-to-dpo-responses" in by_key:
+        table = json.loads(by_key["sft-to-dpo-responses"].data)
+        print("\nHeld-out prompts (first %d of %d): base → sft → dpo" % (min(rows, len(table)), len(table)))
+        for r in table[:rows]:
+            print(f"\n  Q: {r['prompt']}")
+            for col in ("base", "sft", "dpo"):
+                print(f"  {col:>4}: {r.get(col, '')[:160]!s}".replace("\n", " "))
+
+
+def cmd_status(a) -> None:
+    from alignment.artifacts import ArtifactStore
+
+    st = server.status()
+    print(json.dumps(st, indent=2))
+    store = ArtifactStore()
+    if store.root.is_dir():
+        for stage_dir in sorted(p for p in store.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            keys = sorted(p.name for p in stage_dir.iterdir() if (p / "manifest.json").is_file())
+            print(f"store {stage_dir.name}: {len(keys)} artifact(s) {' '.join(keys[-3:])}")
+    if st["server_healthy"]:
+        summary(None, rows=0)
+
+
+def cmd_validate(a) -> None:
+    from flows.sft_to_dpo import preflight
+
+    names = a.recipes or sorted(p.stem for p in recipe_path("sft-to-dpo").parent.glob("*.yaml"))
+    for name in names:
+        preflight(load_yaml_model(recipe_path(name), SftToDpoRecipe))
+        print(f"ok  {recipe_path(name)}")
+
+
+def cmd_model(a) -> None:
+    from alignment.config import ModelSpec
+    from alignment.models import resolve_model_path
+
+    print(resolve_model_path(ModelSpec(name=a.name)))
+
+
+def cmd_recipe(a) -> None:
+    recipe = load_yaml_model(recipe_path(a.recipe), SftToDpoRecipe, _parse_params(a.param))
+    print(json.dumps({"recipe": recipe.model_dump(mode="json")}) if a.json else recipe.model_dump_json(indent=2))
+
+
+def cmd_stop(a) -> None:
+    for name in ("serve", "server"):
+        print(f"{name}: {'stopped' if server.stop(name) else 'not running'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="start the server (if needed) and serve deployments in the background")
+    s.add_argument("--recipe", default="sft-to-dpo")
+    s.set_defaults(fn=cmd_serve)
+    s = sub.add_parser("run", help="run the sft-to-dpo flow in this process")
+    s.add_argument("recipe", nargs="?", default="sft-to-dpo")
+    s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
+    s.add_argument("--refresh", action="append", default=[], choices=["baseline", "sft", "dpo"])
+    s.set_defaults(fn=cmd_run)
+    s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
+    s.add_argument("stage", choices=["baseline", "sft", "dpo"])
+    s.add_argument("--config", required=True)
+    s.add_argument("-p", "--param", action="append", default=[])
+    s.set_defaults(fn=cmd_stage)
+    sub.add_parser("status", help="server, serve process, store, latest run").set_defaults(fn=cmd_status)
+    s = sub.add_parser("summary", help="UI address and results of a flow run")
+    s.add_argument("run_id", nargs="?")
+    s.set_defaults(fn=lambda a: summary(a.run_id))
+    s = sub.add_parser("validate", help="validate recipes and their data")
+    s.add_argument("recipes", nargs="*")
+    s.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("model", help="model cache")
+    s.add_argument("action", choices=["fetch"])
+    s.add_argument("name", nargs="?", default="smollm2-135m-instruct")
+    s.set_defaults(fn=cmd_model)
+    s = sub.add_parser("recipe", help="print a validated recipe")
+    s.add_argument("recipe")
+    s.add_argument("--json", action="store_true", help="as JSON deployment parameters ({'recipe': ...})")
+    s.add_argument("-p", "--param", action="append", default=[])
+    s.set_defaults(fn=cmd_recipe)
+    sub.add_parser("stop", help="stop the serve process and the server").set_defaults(fn=cmd_stop)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    server.apply_defaults()
+    try:
+        args.fn(args)
+    except (RecipeError, DataError, ModelError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Prefect UI artifacts for a finished run, created at flow level so cached stages show too.
+
+Per stage: a markdown summary (status, config, inputs with hashes, metrics, location) and its training
+curves (a plot embedded as an image, sparklines and a compact table); per run: a table of held-out
+prompts with the responses before and after each stage, and a results card.
+"""
+
+import base64
+import io
+import json
+from typing import Any
+
+import yaml
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from alignment.data import prompt_texts
+from alignment.generation import read_samples
+from alignment.stages.common import read_curves
+
+SPARK = "▁▂▃▄▅▆▇█"
+CURVE_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/margins", "rewards/accuracies")}
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    if not values:
+        return ""
+    if len(values) > width:  # mean over equal buckets keeps the shape
+        step = len(values) / width
+        values = [sum(b) / len(b) for i in range(width)
+                  if (b := values[int(i * step): max(int((i + 1) * step), int(i * step) + 1)])]
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] for v in values)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def curves_png(stage: str, history: list[dict[str, Any]]) -> str | None:
+    """A small PNG of the curves as a data URI (Prefect image artifacts need a URL; markdown takes this)."""
+    keys = [k for k in CURVE_KEYS.get(stage, ()) if any(k in h for h in history)]
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.4), dpi=80, squeeze=False)
+    for ax, k in zip(axes[0], keys, strict=True):
+        pts = [(h["step"], h[k]) for h in history if k in h]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1.5)
+        ax.set_title(f"{stage} {k}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def curves_markdown(stage: str, history: list[dict[str, Any]]) -> str:
+    keys = [k for k in CURVE_KEYS.get(stage, ()) if any(k in h for h in history)]
+    lines = [f"# {stage}: training curves", ""]
+    if not keys:
+        return "\n".join(lines + ["No training curve (this stage does not train)."])
+    png = curves_png(stage, history)
+    if png:
+        lines += [f"![{stage} curves]({png})", ""]
+    lines += ["| metric | first | last | min | max | curve |", "|---|---|---|---|---|---|"]
+    for k in keys:
+        vals = [h[k] for h in history if k in h]
+        lines.append(f"| {k} | {vals[0]:.4g} | {vals[-1]:.4g} | {min(vals):.4g} | {max(vals):.4g} | "
+                     f"`{sparkline(vals)}` |")
+    rows = [h for h in history if any(k in h for k in keys)]
+    lines += ["", "| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for h in rows[:: max(1, len(rows) // 12)]:
+        lines.append(f"| {h['step']} | " + " | ".join(_fmt(h.get(k, "")) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
+    from pathlib import Path
+
+    manifest = json.loads((Path(result["path"]) / "manifest.json").read_text())
+    config = json.loads((Path(result["path"]) / "config.json").read_text())
+    metrics = manifest.get("metrics", {})
+    lines = [
+        f"# {stage}: {status}",
+        "",
+        f"- **artifact**: `{manifest['artifact_id']}`",
+        f"- **location**: `{result['path']}`",
+        f"- **created**: {manifest['created_at']} in {manifest['duration_s']} s, code `{manifest['code_version']}`",
+        f"- **first produced by flow run**: `{manifest.get('run', {}).get('flow_run_id', 'outside Prefect')}`",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {_fmt(v)} |" for k, v in metrics.items()],
+        "",
+        "## Inputs",
+        "",
+        "| input | identity |",
+        "|---|---|",
+        *[f"| {k} | `{json.dumps(v, sort_keys=True)[:160]}` |" for k, v in manifest["inputs"].items()],
+        "",
+        "## Config",
+        "",
+        "```yaml",
+        yaml.safe_dump(config, sort_keys=False).strip(),
+        "```",
+    ]
+    return "\n".join(lines)
+
+
+def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    columns = {stage: read_samples(r["path"]) for stage, r in results.items()}
+    first = next((rows for rows in columns.values() if rows), [])
+    table = []
+    for i, prompt in enumerate(prompt_texts(first)):
+        row = {"prompt": prompt}
+        for stage, rows in columns.items():
+            row["base" if stage == "baseline" else stage] = rows[i]["response"] if i < len(rows) else ""
+        table.append(row)
+    return table
+
+
+def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
+    """Create every UI artifact of one run; returns the headline numbers."""
+    for stage, result in results.items():
+        create_markdown_artifact(stage_markdown(stage, result, statuses[stage]), key=f"{stage}-summary",
+                                 description=f"{stage}: status, metrics, inputs and config")
+        if stage in CURVE_KEYS:
+            create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{stage}-curves",
+                                     description=f"{stage}: training curves")
+    table = responses_table(results)
+    if table:
+        create_table_artifact(table, key=f"{flow}-responses",
+                              description="Held-out prompts: responses of the base model and after each stage")
+    headline = headline_metrics(results)
+    card = [f"# {flow}: results", "", "| stage | status | artifact |", "|---|---|---|"]
+    card += [f"| {s} | {statuses[s]} | `{r['key']}` |" for s, r in results.items()]
+    card += ["", "| metric | value |", "|---|---|", *[f"| {k} | {_fmt(v)} |" for k, v in headline.items()]]
+    create_markdown_artifact("\n".join(card), key=f"{flow}-results", description=f"{flow}: headline results")
+    return headline
+
+
+def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    m: dict[str, Any] = {}
+    sft = results.get("sft", {}).get("metrics", {})
+    dpo = results.get("dpo", {}).get("metrics", {})
+    for k in ("loss_first", "loss_last", "train_seconds"):
+        if k in sft:
+            m[f"sft_{k}"] = sft[k]
+    for k in ("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds"):
+        if k in dpo:
+            m[f"dpo_{k}"] = dpo[k]
+    return m

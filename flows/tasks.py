@@ -1,0 +1,77 @@
+"""Stages as Prefect tasks, cached on the stage's content hash.
+
+The cache key is the artifact key (config, input artifact ids, data hashes, code version, refresh salt),
+so a task is ``Cached`` exactly when the store already holds what it would compute. Results are small
+dicts (paths and metrics), persisted as JSON under ``$ALIGNMENT_HOME/prefect-results``.
+"""
+
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import get_run_context
+from prefect.filesystems import LocalFileSystem
+
+from alignment.artifacts import ArtifactStore, alignment_home
+from alignment.stages import RunContext, artifact_key, runner
+
+
+def results_dir() -> Path:
+    return alignment_home() / "prefect-results"
+
+
+def result_storage() -> LocalFileSystem:
+    return LocalFileSystem(basepath=str(results_dir()))
+
+
+def stage_cache_key(ctx, params: dict[str, Any]) -> str:
+    stage = ctx.task.name
+    akey = artifact_key(stage, params["config"])
+    key = f"{stage}-{akey}"
+    stale = results_dir() / key
+    if stale.exists() and not ArtifactStore().complete(stage, akey):
+        # The artifact was deleted from the store: drop the cached result that points at it, so the
+        # task runs and rebuilds it instead of handing downstream stages a missing directory.
+        stale.unlink()
+    return key
+
+
+def _progress_hook(stage: str):
+    """Create a progress artifact for `stage` and return a throttled updater (at most one call a second)."""
+    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress",
+                                           description=f"{stage}: training progress")
+    logger = get_run_logger()
+    last = [0.0]
+
+    def update(fraction: float, metrics: dict[str, Any]) -> None:
+        now = time.time()
+        if now - last[0] < 1.0 and fraction < 1.0:
+            return
+        last[0] = now
+        update_progress_artifact(artifact_id=artifact_id, progress=round(100 * fraction, 1))
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "rewards/accuracies",
+                                                                               "rewards/margins"))
+        logger.info("%s: %.0f%% %s", stage, 100 * fraction, shown)
+
+    return update
+
+
+def _run_stage(config) -> dict[str, Any]:
+    stage = get_run_context().task.name
+    ctx = get_run_context()
+    run = {"flow_run_id": str(ctx.task_run.flow_run_id), "task_run_id": str(ctx.task_run.id)}
+    result = runner(stage)(config, RunContext(run=run, progress=_progress_hook(stage)))
+    get_run_logger().info("%s: %s artifact %s at %s", stage, "reused" if result.reused else "wrote",
+                          result.key, result.path)
+    return result.to_dict()
+
+
+def stage_task(stage: str, refresh: bool = False):
+    """The Prefect task for `stage`; `refresh=True` skips the cache lookup (the config carries a salt)."""
+    return task(
+        _run_stage, name=stage, task_run_name=stage, cache_key_fn=stage_cache_key, persist_result=True,
+        result_serializer="json", result_storage=result_storage(), refresh_cache=refresh,
+        description=f"The {stage} stage (alignment.stages.{stage}.run), cached on its artifact key.",
+    )

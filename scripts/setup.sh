@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Create .venv with the pinned environment (requirements.lock) and the project installed editable.
+# Idempotent: a second run only checks a stamp. Also appends the project's Prefect settings to
+# .venv/bin/activate, so after `. .venv/bin/activate` plain `prefect ...` commands reach the local server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+py=${PYTHON:-}
+if [ -z "$py" ]; then py=$(command -v python3.11 || command -v python3); fi
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($py --version)"
+  "$py" -m venv .venv
+fi
+want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+if [ "$(cat .venv/.alignment-stamp 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing pinned packages (requirements.lock; a few minutes the first time)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  # PyPI's torchvision/torchaudio builds fail to import beside the +cpu torch (DESIGN.md); nothing needs them.
+  .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+  echo "$want" > .venv/.alignment-stamp
+fi
+if ! grep -q ">>> alignment >>>" .venv/bin/activate; then
+  cat >> .venv/bin/activate <<ACT
+# >>> alignment >>>  (written by scripts/setup.sh)
+export ALIGNMENT_HOME="\${ALIGNMENT_HOME:-$root/.alignment}"
+export PREFECT_HOME="\${PREFECT_HOME:-$root/.alignment/prefect}"
+export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+# <<< alignment <<<
+ACT
+fi
