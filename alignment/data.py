@@ -257,8 +257,9 @@ def load_data(spec: DataSpec, kind: Kind) -> LoadedData:
         fmt = DataFormat.preference  # names the missing 'chosen'/'rejected' field in the error below
     if fmt not in FORMATS_FOR[kind]:
         keys = ", ".join(sorted(raw[0][1])) if isinstance(raw[0][1], dict) else type(raw[0][1]).__name__
-        raise DataError(f"{source} {raw[0][0]}: rows look like '{fmt.value}' (keys: {keys}), which a "
-                        f"{kind} stage cannot use; expected {EXPECTED[kind]}")
+        looks = "unknown row format" if fmt is DataFormat.auto else f"rows look like '{fmt.value}'"
+        raise DataError(f"{source} {raw[0][0]}: {looks} (keys: {keys}), which a {kind} stage cannot use; "
+                        f"expected {EXPECTED[kind]}")
     rows = [_normalise(r, fmt, kind, f"{source} {loc}") for loc, r in raw]
     if spec.max_rows:
         rows = rows[: spec.max_rows]

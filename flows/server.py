@@ -30,6 +30,7 @@ def apply_defaults() -> dict[str, str]:
     defaults = {
         "ALIGNMENT_HOME": str(home),
         "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",

@@ -2,7 +2,8 @@
 
 The cache key is the artifact key (config, input artifact ids, data hashes, code version, refresh salt),
 so a task is ``Cached`` exactly when the store already holds what it would compute. Results are small
-dicts (paths and metrics), persisted as JSON under ``$ALIGNMENT_HOME/prefect-results``.
+dicts (paths and metrics), persisted as JSON in Prefect's local result storage
+(``PREFECT_LOCAL_STORAGE_PATH``, which ``flows.server.apply_defaults`` puts under ``$ALIGNMENT_HOME``).
 """
 
 import time
@@ -12,18 +13,15 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import get_run_context
-from prefect.filesystems import LocalFileSystem
 
-from alignment.artifacts import ArtifactStore, alignment_home
+from alignment.artifacts import ArtifactStore
 from alignment.stages import RunContext, artifact_key, runner
 
 
 def results_dir() -> Path:
-    return alignment_home() / "prefect-results"
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
 
-
-def result_storage() -> LocalFileSystem:
-    return LocalFileSystem(basepath=str(results_dir()))
+    return Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
 
 
 def stage_cache_key(ctx, params: dict[str, Any]) -> str:
@@ -72,6 +70,6 @@ def stage_task(stage: str, refresh: bool = False):
     """The Prefect task for `stage`; `refresh=True` skips the cache lookup (the config carries a salt)."""
     return task(
         _run_stage, name=stage, task_run_name=stage, cache_key_fn=stage_cache_key, persist_result=True,
-        result_serializer="json", result_storage=result_storage(), refresh_cache=refresh,
+        result_serializer="json", refresh_cache=refresh,
         description=f"The {stage} stage (alignment.stages.{stage}.run), cached on its artifact key.",
     )

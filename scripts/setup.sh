@@ -26,6 +26,7 @@ if ! grep -q ">>> alignment >>>" .venv/bin/activate; then
 # >>> alignment >>>  (written by scripts/setup.sh)
 export ALIGNMENT_HOME="\${ALIGNMENT_HOME:-$root/.alignment}"
 export PREFECT_HOME="\${PREFECT_HOME:-$root/.alignment/prefect}"
+export PREFECT_LOCAL_STORAGE_PATH="\${PREFECT_LOCAL_STORAGE_PATH:-$root/.alignment/prefect-results}"
 export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 # <<< alignment <<<

@@ -113,6 +113,7 @@ def trainer_kwargs(train: TrainSpec, out: Path, n_rows: int) -> dict[str, Any]:
         "report_to": [],
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "dataloader_pin_memory": torch.cuda.is_available(),
     }
 
 

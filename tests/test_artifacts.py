@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from alignment.artifacts import MANIFEST, ArtifactStore, code_version, stage_key, write_manifest
+from alignment.config import DataSpec, ModelSpec
+from alignment.stages import artifact_key
+
+
+def test_key_depends_on_content_not_path(tmp_path, tiny_recipe):
+    a = tiny_recipe.stage_config("sft")
+    same = tiny_recipe.model_copy(deep=True).stage_config("sft")
+    assert artifact_key("sft", a) == artifact_key("sft", same)
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(open(a.data.path, "rb").read())
+    moved = a.model_copy(update={"data": DataSpec(path=str(copy), max_rows=a.data.max_rows)})
+    assert artifact_key("sft", moved) == artifact_key("sft", a), "same bytes elsewhere: same key"
+    copy.write_text(copy.read_text() + copy.read_text().splitlines()[0] + "\n")
+    assert artifact_key("sft", moved) != artifact_key("sft", a), "edited data: new key"
+    assert artifact_key("sft", a.model_copy(update={"refresh_token": "x"})) != artifact_key("sft", a)
+
+
+def test_downstream_key_uses_upstream_artifact_id(tmp_path, tiny_recipe):
+    def fake_artifact(name, artifact_id):
+        d = tmp_path / name
+        (d / "model").mkdir(parents=True)
+        (d / "model" / "config.json").write_text("{}")
+        (d / MANIFEST).write_text(json.dumps({"artifact_id": artifact_id}))
+        return str(d)
+
+    one, moved, other = fake_artifact("a", "sft/1"), fake_artifact("b", "sft/1"), fake_artifact("c", "sft/2")
+    key = lambda p: artifact_key("dpo", tiny_recipe.stage_config("dpo", model=ModelSpec(name=p)))  # noqa: E731
+    assert key(one) == key(moved) != key(other)
+
+
+def test_writer_is_atomic(store):
+    with pytest.raises(RuntimeError, match="boom"), store.writer("sft", "k1") as tmp:
+        (tmp / "model.bin").write_text("half")
+        raise RuntimeError("boom")
+    assert not store.path("sft", "k1").exists() and not any((store.root / ".tmp").iterdir())
+    with pytest.raises(RuntimeError, match="without writing manifest.json"), store.writer("sft", "k2") as tmp:
+        (tmp / "x").write_text("no manifest")
+    assert not store.complete("sft", "k2")
+    with store.writer("sft", "k3") as tmp:
+        write_manifest(tmp, stage="sft", key="k3", identity={}, inputs={}, metrics={"loss": 1.0}, started=0)
+    assert store.complete("sft", "k3") and store.load("sft", "k3").metrics == {"loss": 1.0}
+
+
+def test_stage_key_and_code_version_are_stable():
+    assert stage_key("sft", {"a": 1, "b": 2}) == stage_key("sft", {"b": 2, "a": 1}) != stage_key("dpo", {"a": 1, "b": 2})
+    assert code_version() == code_version() and "+" in code_version()
+
+
+def test_builtin_model_identity_needs_no_weights():
+    from alignment.models import model_identity
+
+    assert model_identity(ModelSpec())["gguf_sha256"].startswith("b179c952")
+    assert model_identity(ModelSpec(name="org/model", revision="v1")) == {"dtype": "auto", "hub": "org/model",
+                                                                           "revision": "v1"}

@@ -1,0 +1,111 @@
+"""Each stage on the tiny locally built model: it trains, writes a complete artifact, reuses it, and
+refuses bad input before writing anything."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment.config import DataSpec, ModelSpec
+from alignment.data import DataError
+from alignment.models import resolve_model_path
+from alignment.stages import baseline, dpo, sft
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_recipe, tmp_path_factory):
+    """SFT then DPO on the tiny model in one store, shared by the tests of this module."""
+    import os
+
+    os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("stages") / "store")
+    try:
+        s = sft.run(tiny_recipe.stage_config("sft"))
+        d = dpo.run(tiny_recipe.stage_config("dpo", model=tiny_recipe.model.model_copy(update={"name": s.path})))
+        yield s, d
+    finally:
+        os.environ.pop("ALIGNMENT_STORE")
+
+
+def test_sft_trains_and_writes_a_loadable_artifact(trained, tiny_recipe):
+    s, _ = trained
+    m = s.metrics
+    assert m["steps"] == 4 and m["adapter_mode"] == "lora" and m["adapter"] is True
+    assert m["loss_last"] < m["loss_first"], "SFT loss falls"
+    manifest = s.manifest()
+    assert manifest["artifact_id"] == f"sft/{s.key}" and manifest["inputs"]["data"]["sha256"]
+    assert manifest["libraries"]["trl"] == "1.16.0" and manifest["metrics"] == m
+    assert {"model/model.safetensors", "adapter/adapter_config.json", "samples.jsonl", "curves.jsonl",
+            "config.json"} <= set(manifest["files"])
+    before, after = weights(resolve_model_path(tiny_recipe.model)), weights(Path(s.path) / "model")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed and all("proj" in k for k in changed), "LoRA merged into the attention/MLP projections"
+    samples = [json.loads(x) for x in open(Path(s.path) / "samples.jsonl")]
+    assert len(samples) == 4 and samples[0]["prompt"][0]["role"] == "user"
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(Path(s.path) / "model").num_parameters() > 0
+
+
+def test_dpo_moves_the_policy_and_reports_heldout_accuracy(trained):
+    s, d = trained
+    m = d.metrics
+    assert m["train_pairs"] == 16 and m["heldout_pairs"] == 8
+    assert 0.0 <= m["heldout_rewards_accuracies"] <= 1.0 and "heldout_rewards_margins" in m
+    curves = [json.loads(x) for x in open(Path(d.path) / "curves.jsonl")]
+    assert [c["step"] for c in curves if "loss" in c] == [1, 2, 3, 4]
+    assert all("rewards/margins" in c for c in curves if "loss" in c)
+    assert d.manifest()["inputs"]["model"]["artifact"] == f"sft/{s.key}", "lineage names the SFT artifact"
+    a, b = weights(Path(s.path) / "model"), weights(Path(d.path) / "model")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_second_run_reuses_the_artifact(trained, tiny_recipe, monkeypatch):
+    s, _ = trained
+    monkeypatch.setenv("ALIGNMENT_STORE", str(Path(s.path).parent.parent))
+    import alignment.stages.sft as mod
+
+    monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not train again"))
+    again = sft.run(tiny_recipe.stage_config("sft"))
+    assert again.reused and again.key == s.key and again.metrics == s.metrics
+
+
+def test_training_is_deterministic_for_a_seed(tiny_recipe, store):
+    cfg = tiny_recipe.stage_config("sft").model_copy(update={"eval_prompts": None})
+    one = sft.run(cfg)
+    two = sft.run(cfg.model_copy(update={"refresh_token": "again"}))
+    assert one.key != two.key
+    assert one.metrics["train_loss"] == pytest.approx(two.metrics["train_loss"], rel=1e-6)
+
+
+def test_bad_preference_data_fails_before_anything_is_written(tiny_recipe, store, tmp_path, monkeypatch):
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    import alignment.stages.dpo as mod
+
+    monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not load or train"))
+    cfg = tiny_recipe.stage_config("dpo").model_copy(update={"data": DataSpec(path=str(bad))})
+    with pytest.raises(DataError, match=r"prefs\.jsonl line 2: preference row is missing 'rejected'"):
+        dpo.run(cfg)
+    assert not store.root.exists() or not any(p for p in store.root.rglob("*") if p.is_file())
+
+
+def test_baseline_writes_responses(tiny_recipe, store):
+    b = baseline.run(tiny_recipe.stage_config("baseline"))
+    assert b.metrics == {"prompts": 4} and len(open(Path(b.path) / "samples.jsonl").readlines()) == 4
+
+
+def test_qlora_on_cpu_is_a_clear_error(tiny_recipe, store):
+    from alignment.config import AdapterMode
+    from alignment.models import ModelError, load_model
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    adapter = tiny_recipe.sft.adapter.model_copy(update={"mode": AdapterMode.qlora})
+    with pytest.raises(ModelError, match="'qlora' needs a CUDA GPU"):
+        load_model(ModelSpec(name="tiny-random"), adapter)
