@@ -94,7 +94,7 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
         print("\n" + by_key["sft-to-dpo-results"].data)
     if "sft-to-dpo-responses" in by_key:
         table = json.loads(by_key["sft-to-dpo-responses"].data)
-        print("\nHeld-out prompts (first %d of %d): base → sft → dpo" % (min(rows, len(table)), len(table)))
+        print(f"\nHeld-out prompts (first {min(rows, len(table))} of {len(table)}): base → sft → dpo")
         for r in table[:rows]:
             print(f"\n  Q: {r['prompt']}")
             for col in ("base", "sft", "dpo"):

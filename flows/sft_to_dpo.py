@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 from alignment.config import SftToDpoRecipe
 from alignment.data import load_data
 from alignment.recipes import validate_model
-from alignment.stages import baseline, dpo, sft
+from alignment.stages import dpo, sft
 from flows import reports
 from flows.tasks import stage_task
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from alignment.artifacts import MANIFEST, ArtifactStore, code_version, stage_key, write_manifest
+from alignment.artifacts import MANIFEST, code_version, stage_key, write_manifest
 from alignment.config import DataSpec, ModelSpec
 from alignment.stages import artifact_key
 

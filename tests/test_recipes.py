@@ -79,8 +79,9 @@ def test_stage_config_yaml_for_standalone_stage(tmp_path):
 
 
 def test_flow_parameter_schema_forbids_unknown_keys():
-    from flows.sft_to_dpo import sft_to_dpo
     from prefect.utilities.callables import parameter_schema
+
+    from flows.sft_to_dpo import sft_to_dpo
 
     schema = parameter_schema(sft_to_dpo).model_dump()
     defs = schema["definitions"]

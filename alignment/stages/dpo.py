@@ -13,8 +13,7 @@ from alignment.config import DPOStageConfig
 from alignment.data import LoadedData, load_data
 from alignment.generation import answer_prompts
 from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
-from alignment.stages.common import (RunContext, cli, metrics_callback, run_stage, trainer_kwargs,
-                                     write_curves)
+from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
 
 STAGE = "dpo"
 EVAL_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen",
@@ -37,8 +36,12 @@ def train(out: Path, checked, context: RunContext, config: DPOStageConfig) -> di
     peft = peft_config(config.adapter)
     ref = None if peft is not None else load_model(config.model)  # full FT needs a frozen copy
     history: list[dict[str, Any]] = []
-    args = DPOConfig(**trainer_kwargs(config.train, out, len(data.rows)), beta=config.beta,
-                     loss_type=[config.loss_type.value], pad_token=tok.pad_token)
+    kwargs = trainer_kwargs(config.train, out, len(data.rows))
+    if held_out:
+        # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.
+        n = len(held_out.rows)
+        kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.train.batch_size + 1) if n % d == 0)
+    args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value])
     trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data.to_dataset(),
                          eval_dataset=held_out.to_dataset() if held_out else None, processing_class=tok,
                          peft_config=peft, callbacks=[metrics_callback(history, context.progress)])

@@ -13,8 +13,7 @@ from alignment.config import SFTStageConfig
 from alignment.data import LoadedData, load_data
 from alignment.generation import answer_prompts
 from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
-from alignment.stages.common import (RunContext, cli, metrics_callback, run_stage, trainer_kwargs,
-                                     write_curves)
+from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
 
 STAGE = "sft"
 
@@ -44,8 +43,7 @@ def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: Run
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
     history: list[dict[str, Any]] = []
-    args = SFTConfig(**trainer_kwargs(config.train, out, len(rows)), completion_only_loss=config.assistant_only_loss,
-                     pad_token=tok.pad_token, eos_token=tok.eos_token)
+    args = SFTConfig(**trainer_kwargs(config.train, out, len(rows)), completion_only_loss=config.assistant_only_loss)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                          peft_config=peft_config(config.adapter),
                          callbacks=[metrics_callback(history, context.progress)])

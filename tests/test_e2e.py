@@ -1,0 +1,117 @@
+"""End to end, as a user drives it: `alignment serve` starts a real Prefect server and serves the
+deployments (tiny recipe), `prefect deployment run` runs the flow and then `rerun-dpo`, and headless
+Chromium opens the finished run's page in the UI and finds the artifacts (screenshot saved)."""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-output"
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def env(home, tmp_path_factory):
+    port = free_port()
+    tmp = tmp_path_factory.mktemp("e2e")
+    e = {**os.environ, "ALIGNMENT_STORE": str(tmp / "store"), "PREFECT_HOME": str(tmp / "prefect"),
+         "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results"), "ALIGNMENT_PREFECT_PORT": str(port),
+         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONUNBUFFERED": "1"}
+    e["ALIGNMENT_HOME"] = str(home)
+    yield e
+    subprocess.run([sys.executable, "-m", "flows.cli", "stop"], env=e, cwd=ROOT, capture_output=True)
+
+
+def sh(args: list[str], env: dict, timeout: float = 300) -> str:
+    p = subprocess.run(args, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
+
+
+def api(env: dict, path: str, body: dict) -> list[dict]:
+    r = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    r.raise_for_status()
+    return r.json()
+
+
+def deployment_run(env: dict, name: str) -> str:
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    out = sh([prefect, "--no-prompt", "deployment", "run", name, "--watch", "--watch-interval", "1"], env, 600)
+    assert "Completed" in out, out[-2000:]
+    return re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+
+
+def task_states(env: dict, flow_run_id: str) -> dict[str, str]:
+    trs = api(env, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})
+    return {t["name"]: t["state"]["name"] for t in trs}
+
+
+@pytest.fixture(scope="module")
+def served_runs(env):
+    out = sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny"], env, 240)
+    assert "Serving deployments" in out
+    first = deployment_run(env, "sft-to-dpo/sft-to-dpo")
+    rerun = deployment_run(env, "sft-to-dpo/rerun-dpo")
+    return first, rerun
+
+
+def test_served_deployment_runs_and_rerun_dpo_runs_only_dpo(env, served_runs):
+    first, rerun = served_runs
+    assert task_states(env, first) == {"baseline": "Completed", "sft": "Completed", "dpo": "Completed"}
+    assert task_states(env, rerun) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed"}
+    arts = api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [rerun]}}})
+    assert {"sft-summary", "dpo-summary", "sft-to-dpo-responses"} <= {a["key"] for a in arts}
+    status = sh([sys.executable, "-m", "flows.cli", "summary", first], env)
+    assert f"/runs/flow-run/{first}" in status and "Held-out prompts" in status
+
+
+def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium missing in CI: .ci/run installs Debian's chromium")
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    first, _ = served_runs
+    ui = env["PREFECT_API_URL"].removesuffix("/api")
+    SHOTS.mkdir(exist_ok=True)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=flags)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs/flow-run/{first}", wait_until="networkidle")
+        page.get_by_text("sft-to-dpo", exact=False).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "flow-run.png"), full_page=True)
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("sft-summary").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "flow-run-artifacts.png"), full_page=True)
+        text = page.inner_text("body")
+        arts = {a["key"]: a["id"] for a in api(env, "/artifacts/filter",
+                                                {"artifacts": {"flow_run_id": {"any_": [first]}}})}
+        for key, expect in (("sft-to-dpo-results", "dpo_heldout_rewards_accuracies"),
+                            ("dpo-curves", "rewards/margins"), ("sft-to-dpo-responses", "capital of France")):
+            page.goto(f"{ui}/artifacts/artifact/{arts[key]}", wait_until="networkidle")
+            page.get_by_text(expect, exact=False).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(SHOTS / f"{key}.png"), full_page=True)
+            if key == "dpo-curves":
+                assert page.locator("img[src^='data:image/png']").count() == 1, "the curves plot renders"
+        browser.close()
+    for key in ("sft-summary", "dpo-summary", "dpo-curves", "sft-to-dpo-responses"):
+        assert key in text, f"{key} not on the run's Artifacts tab"
+    assert (SHOTS / "flow-run-artifacts.png").stat().st_size > 10_000
