@@ -4,6 +4,7 @@
     alignment run [RECIPE] [-p key=value] [--refresh STAGE]   run the flow in this process
     alignment stage STAGE --config x.yaml     run one stage alone (no Prefect)
     alignment status                          server, serve process, recent runs, store
+    alignment wait [FLOW_RUN_ID]              follow a run until it ends (default: the latest)
     alignment summary [FLOW_RUN_ID]           UI address and results of a run (default: the latest)
     alignment validate [RECIPE ...]           check recipes and every data file they name
     alignment model fetch [NAME]              fetch and convert a built-in model into the cache
@@ -101,6 +102,45 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
                 print(f"  {col:>4}: {r.get(col, '')[:160]!s}".replace("\n", " "))
 
 
+def wait(run_id: str | None, poll: float = 2.0) -> bool:
+    """Follow a flow run until it ends, one line per change (stage states and progress); True if Completed."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+    )
+
+    run_id = run_id or _latest_run_id()
+    if run_id is None:
+        print("no sft-to-dpo run yet")
+        return False
+    last, t0 = "", time.time()
+    with get_client(sync_client=True) as c:
+        while True:
+            run = c.read_flow_run(run_id)
+            tasks = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+            progress = {a.key.removesuffix("-progress"): a.data for a in arts if a.key and a.key.endswith("-progress")}
+            parts = []
+            for t in sorted(tasks, key=lambda t: t.expected_start_time or t.created):
+                pct = progress.get(t.name)
+                shown = f" {pct:.0f}%" if t.state_name == "Running" and isinstance(pct, int | float) else ""
+                parts.append(f"{t.name}: {t.state_name}{shown}")
+            line = f"{run.state_name}  " + "  ".join(parts)
+            if line != last:
+                print(f"[{time.time() - t0:6.0f} s] {line}", flush=True)
+                last = line
+            if run.state and run.state.is_final():
+                if not run.state.is_completed():
+                    print(f"flow run {run.name} ended {run.state_name}: {run.state.message}")
+                return run.state.is_completed()
+            time.sleep(poll)
+
+
 def cmd_status(a) -> None:
     from alignment.artifacts import ArtifactStore
 
@@ -162,6 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="UI address and results of a flow run")
     s.add_argument("run_id", nargs="?")
     s.set_defaults(fn=lambda a: summary(a.run_id))
+    s = sub.add_parser("wait", help="follow a flow run until it ends (default: the latest sft-to-dpo run)")
+    s.add_argument("run_id", nargs="?")
+    s.set_defaults(fn=lambda a: sys.exit(0 if wait(a.run_id) else 1))
     s = sub.add_parser("validate", help="validate recipes and their data")
     s.add_argument("recipes", nargs="*")
     s.set_defaults(fn=cmd_validate)

@@ -11,9 +11,12 @@ bash scripts/setup.sh
 echo "quickstart: default model -> $(alignment model fetch smollm2-135m-instruct 2>/dev/null | tail -n 1)"
 alignment serve --recipe sft-to-dpo
 t1=$(date +%s)
-prefect --no-prompt deployment run sft-to-dpo/sft-to-dpo --watch --watch-interval 5
+out=$(prefect --no-prompt deployment run sft-to-dpo/sft-to-dpo)
+echo "$out" | grep -v "Parameters:"
+run_id=$(echo "$out" | sed -n 's/.*UUID: \([0-9a-f-]*\).*/\1/p')
+alignment wait "$run_id" || { alignment summary "$run_id"; exit 1; }
 t2=$(date +%s)
-alignment summary
+alignment summary "$run_id"
 echo
 echo "quickstart: setup $((t1 - t0)) s, main job $((t2 - t1)) s (wall time)."
 echo "Server and deployments keep running in the background: 'alignment status', 'alignment stop'."
