@@ -92,8 +92,9 @@ def main() -> None:
     sft_rows = [to_prompt_completion(r) for r in load_data(DataSpec(path="data/sft_train.jsonl"), "sft").rows]
     kw = trainer_kwargs(train, scratch, len(sft_rows))
     plain = [plain_sft(model_dir, sft_rows, kw)]
+    full = {"mode": "full"}  # plain TRL below fine-tunes fully; on a GPU `auto` means the same
     cfg = SFTStageConfig(model=ModelSpec(name=str(model_dir)), data=DataSpec(path="data/sft_train.jsonl"),
-                         train=train, eval_prompts=prompts)
+                         train=train, eval_prompts=prompts, adapter=full)
     t0 = time.perf_counter()
     ours = sft.run(cfg)
     wall = time.perf_counter() - t0
@@ -108,7 +109,8 @@ def main() -> None:
     kw = trainer_kwargs(train, scratch, len(pref))
     plain = [plain_dpo(model_dir, pref, kw, 0.1)]
     cfg = DPOStageConfig(model=ModelSpec(name=ours.path), data=DataSpec(path="data/pref_train.jsonl"),
-                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, eval_prompts=prompts)
+                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, eval_prompts=prompts,
+                         adapter=full)
     t0 = time.perf_counter()
     ours_dpo = dpo.run(cfg)
     wall = time.perf_counter() - t0
