@@ -91,6 +91,7 @@ def main() -> None:
 
     sft_rows = [to_prompt_completion(r) for r in load_data(DataSpec(path="data/sft_train.jsonl"), "sft").rows]
     kw = trainer_kwargs(train, scratch, len(sft_rows))
+    plain_sft(model_dir, sft_rows, {**kw, "max_steps": 10})  # warm-up (CUDA context, kernels): not counted
     plain = [plain_sft(model_dir, sft_rows, kw)]
     full = {"mode": "full"}  # plain TRL below fine-tunes fully; on a GPU `auto` means the same
     cfg = SFTStageConfig(model=ModelSpec(name=str(model_dir)), data=DataSpec(path="data/sft_train.jsonl"),
@@ -107,6 +108,7 @@ def main() -> None:
 
     pref = load_data(DataSpec(path="data/pref_train.jsonl"), "preference").rows
     kw = trainer_kwargs(train, scratch, len(pref))
+    plain_dpo(model_dir, pref, {**kw, "max_steps": 10}, 0.1)  # warm-up, not counted
     plain = [plain_dpo(model_dir, pref, kw, 0.1)]
     cfg = DPOStageConfig(model=ModelSpec(name=ours.path), data=DataSpec(path="data/pref_train.jsonl"),
                          eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, eval_prompts=prompts,
