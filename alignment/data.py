@@ -79,7 +79,7 @@ def _read_local(path: Path) -> list[tuple[str, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {n}: not valid JSON ({e.msg} at column {e.colno}); "
+                    raise DataError(f"{path} line {n}: not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno}); "
                                     "expected one JSON object per line") from None
                 out.append((f"line {n}", row))
         return out

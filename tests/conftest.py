@@ -44,6 +44,15 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite in a temp dir) for every test that runs flows in-process."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
 def tiny_recipe():
     from alignment.config import SftToDpoRecipe
     from alignment.recipes import load_yaml_model

@@ -47,3 +47,19 @@ def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):
     m = dpo.run(cfg).metrics
     assert m["steps"] == 6 and m["heldout_pairs"] == 24
     assert m["heldout_rewards_margins"] > 0 and m["heldout_rewards_accuracies"] > 0.6
+
+
+def test_main_job_on_the_default_model(prefect_harness, store):
+    """The quick start's flow and recipe, in-process: SFT then DPO on the real model and sample data."""
+    from alignment.config import SftToDpoRecipe
+    from alignment.recipes import load_yaml_model, recipe_path
+    from flows.sft_to_dpo import sft_to_dpo
+
+    state = sft_to_dpo(recipe=load_yaml_model(recipe_path("sft-to-dpo"), SftToDpoRecipe), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    m = result["metrics"]
+    assert m["dpo_heldout_pairs"] == 50 and m["dpo_heldout_rewards_accuracies"] > 0.75, m
+    assert m["dpo_heldout_rewards_margins"] > 0 and m["sft_loss_last"] < m["sft_loss_first"]
+    samples = [json.loads(x) for x in open(f"{result['stages']['dpo']['path']}/samples.jsonl")]
+    assert "Paris" in samples[0]["response"], samples[0]

@@ -13,15 +13,12 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory):
+def harness(prefect_harness, tmp_path_factory):
     import os
-
-    from prefect.testing.utilities import prefect_test_harness
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("flow") / "store")
     try:
-        with prefect_test_harness(server_startup_timeout=90):
-            yield
+        yield
     finally:
         os.environ.pop("ALIGNMENT_STORE")
 
