@@ -100,6 +100,31 @@ class GenerationSpec(Strict):
     seed: int = Field(0, description="Sampling seed.")
 
 
+class EngineKind(StrEnum):
+    auto = "auto"  # vllm when importable, else hf
+    hf = "hf"
+    vllm = "vllm"
+    openai = "openai"  # an OpenAI-compatible endpoint, or a managed `vllm serve` on 127.0.0.1
+
+
+class EngineSpec(Strict):
+    """Which generation engine produces responses and judge outputs."""
+
+    kind: EngineKind = Field(EngineKind.auto, description="`auto` (vLLM when importable, else `hf`), `hf`, `vllm`, `openai`.")
+    base_url: str | None = Field(
+        None, description="`openai` only: an existing endpoint (e.g. http://127.0.0.1:8000/v1); unset starts a "
+        "managed `vllm serve` on 127.0.0.1 for the run and stops it afterwards.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the "
+                             "endpoint's key (the key itself never goes into a config, log or artifact).")
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95, description="vLLM: share of GPU memory it may take.")
+    max_model_len: int = Field(2048, ge=64, description="vLLM: longest prompt + completion in tokens.")
+    enforce_eager: bool | None = Field(
+        None, description="vLLM: skip graph compilation (None: eager on CPU, where it starts ~4× faster).")
+    static_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="hf: static KV cache (compiled); `auto` uses it on a GPU for batches of 32 or more.")
+    server_timeout_s: float = Field(300, gt=0, description="Managed server: seconds to wait for its health check.")
+
+
 class SFTSettings(Strict):
     """The SFT part of a recipe (TRL `SFTTrainer`)."""
 
@@ -152,6 +177,9 @@ class DPOStageConfig(StageInput, DPOSettings):
 
 class BaselineStageConfig(StageInput):
     """Responses of an untrained model to the held-out prompts (the "before" column)."""
+
+    engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
+                               description="Generation engine for the responses.")
 
     @model_validator(mode="after")
     def _needs_prompts(self) -> "BaselineStageConfig":

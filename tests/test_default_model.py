@@ -28,12 +28,12 @@ def test_conversion_is_a_plain_safetensors_model(smol):
 
 def test_it_answers_a_simple_question(smol):
     from alignment.config import GenerationSpec
-    from alignment.generation import generate
+    from alignment.generation.hf import HFEngine
 
     _, _, model, tok = smol
-    out = generate(model, tok, [[{"role": "user", "content": "What is the capital of France?"}]],
-                   GenerationSpec(max_new_tokens=16))
-    assert "Paris" in out[0]
+    out = HFEngine(model, tok).generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                                        GenerationSpec(max_new_tokens=16))
+    assert "Paris" in out[0].text
 
 
 def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):

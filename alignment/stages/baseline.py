@@ -6,20 +6,21 @@ from typing import Any
 from alignment.artifacts import StageResult
 from alignment.config import BaselineStageConfig
 from alignment.data import load_data
-from alignment.generation import answer_prompts
-from alignment.models import load_model, load_tokenizer
+from alignment.generation import answer_prompts, load_engine
 from alignment.stages.common import RunContext, cli, run_stage
 
 STAGE = "baseline"
 
 
 def generate(out: Path, prompts, context: RunContext, config: BaselineStageConfig) -> dict[str, Any]:
-    tok = load_tokenizer(config.model)
-    model = load_model(config.model)
-    answer_prompts(model, tok, prompts.rows, config.generation, out)
+    engine = load_engine(config.model, config.engine)
+    try:
+        answer_prompts(engine, prompts.rows, config.generation, out)
+    finally:
+        engine.close()
     if context.progress:
         context.progress(1.0, {})
-    return {"prompts": len(prompts.rows)}
+    return {"prompts": len(prompts.rows), "engine": engine.name}
 
 
 def run(config: BaselineStageConfig, context: RunContext | None = None) -> StageResult:

