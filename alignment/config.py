@@ -188,7 +188,39 @@ class BaselineStageConfig(StageInput):
         return self
 
 
-STAGES = ("baseline", "sft", "dpo")
+class JudgeSpec(Strict):
+    """The LLM judge: any model the engines load, with its own accuracy measured on a calibration set."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The judge model (default: the built-in).")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine that runs the judge.")
+    criterion: str = Field("helpful, honest and harmless: correct, clear, polite and safe", min_length=3,
+                           description="What 'better' means in pairwise comparisons.")
+    tie_margin: float = Field(0.05, ge=0, lt=0.5, description="|P(A better) - 0.5| below this is a tie.")
+    calibration: DataSpec | None = Field(
+        default_factory=lambda: DataSpec(path="data/judge_calibration.jsonl"),
+        description="Pairs with a known better answer; the judge's accuracy on them is reported with every "
+        "judged number, and judged numbers are flagged when it is not clearly above chance.")
+
+
+class EvaluateSettings(Strict):
+    """The evaluate part of a recipe: judged win rate, harmlessness, over-refusal, length drift."""
+
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine for policy/reference responses.")
+    redteam_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/redteam_prompts.jsonl"),
+                                             description="Harmful requests: the share answered is harmful compliance.")
+    benign_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/benign_prompts.jsonl"),
+                                            description="Benign requests with alarming words: refusals are over-refusal.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+
+
+class EvaluateStageConfig(StageInput, EvaluateSettings):
+    """Everything `alignment.stages.evaluate.run` needs. `model` is the policy, `reference` its baseline."""
+
+    reference: ModelSpec = Field(..., description="The model the policy is compared with (e.g. the SFT model).")
+
+
+STAGES = ("baseline", "sft", "dpo", "evaluate")
 
 
 class SftToDpoRecipe(Strict):
@@ -199,8 +231,11 @@ class SftToDpoRecipe(Strict):
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
     sft: SFTSettings
     dpo: DPOSettings
+    evaluate: EvaluateSettings | None = Field(default_factory=EvaluateSettings,
+                                              description="Evaluation after DPO against the SFT model; null skips it.")
 
-    def stage_config(self, stage: str, model: ModelSpec | None = None, refresh_token: str | None = None):
+    def stage_config(self, stage: str, model: ModelSpec | None = None, refresh_token: str | None = None,
+                     reference: ModelSpec | None = None):
         """The config of one stage; `model` is the upstream artifact to start from (default: base)."""
         common = {
             "model": model or self.model,
@@ -210,6 +245,10 @@ class SftToDpoRecipe(Strict):
         }
         if stage == "baseline":
             return BaselineStageConfig(**common)
+        if stage == "evaluate":
+            if self.evaluate is None:
+                raise ValueError("evaluate: this recipe has no evaluate section")
+            return EvaluateStageConfig(**common, **dict(self.evaluate), reference=reference or self.model)
         settings = {"sft": self.sft, "dpo": self.dpo}[stage]
         cls = {"sft": SFTStageConfig, "dpo": DPOStageConfig}[stage]
         return cls(**common, **dict(settings))

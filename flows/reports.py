@@ -8,6 +8,7 @@ prompts with the responses before and after each stage, and a results card.
 import base64
 import io
 import json
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -85,8 +86,6 @@ def curves_markdown(stage: str, history: list[dict[str, Any]]) -> str:
 
 
 def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
-    from pathlib import Path
-
     manifest = json.loads((Path(result["path"]) / "manifest.json").read_text())
     config = json.loads((Path(result["path"]) / "config.json").read_text())
     metrics = manifest.get("metrics", {})
@@ -120,7 +119,7 @@ def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
 
 
 def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    columns = {stage: read_samples(r["path"]) for stage, r in results.items()}
+    columns = {stage: read_samples(r["path"]) for stage, r in results.items() if stage in ("baseline", "sft", "dpo")}
     first = next((rows for rows in columns.values() if rows), [])
     table = []
     for i, prompt in enumerate(prompt_texts(first)):
@@ -136,6 +135,10 @@ def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, s
     for stage, result in results.items():
         create_markdown_artifact(stage_markdown(stage, result, statuses[stage]), key=f"{stage}-summary",
                                  description=f"{stage}: status, metrics, inputs and config")
+        report = Path(result["path"]) / "report.md"
+        if report.is_file():
+            create_markdown_artifact(report.read_text(), key=f"{stage}-report",
+                                     description=f"{stage}: the readable report")
         if stage in CURVE_KEYS:
             create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{stage}-curves",
                                      description=f"{stage}: training curves")
@@ -161,4 +164,11 @@ def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for k in ("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds"):
         if k in dpo:
             m[f"dpo_{k}"] = dpo[k]
+    ev = results.get("evaluate", {}).get("metrics", {})
+    for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "position_bias", "judge_model",
+              "judge_calibration_accuracy", "judge_calibration_meaningful", "length_drift_ratio",
+              "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
+              "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate"):
+        if k in ev:
+            m[f"evaluate_{k}"] = ev[k]
     return m

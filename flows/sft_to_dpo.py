@@ -1,4 +1,4 @@
-"""The main job: base model → SFT → DPO, every stage a cached Prefect task.
+"""The main job: base model → SFT → DPO → evaluate (DPO vs SFT), every stage a cached Prefect task.
 
     prefect deployment run sft-to-dpo/sft-to-dpo                       # the recipe the deployment serves
     prefect deployment run sft-to-dpo/sft-to-dpo -p overrides='{"dpo.beta": 0.2}'
@@ -15,15 +15,15 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from alignment.config import SftToDpoRecipe
+from alignment.config import STAGES, SftToDpoRecipe
 from alignment.data import load_data
 from alignment.recipes import validate_model
-from alignment.stages import dpo, sft
+from alignment.stages import dpo, evaluate, sft
 from flows import reports
 from flows.tasks import stage_task
 
 FLOW = "sft-to-dpo"
-Stage = Literal["baseline", "sft", "dpo"]
+Stage = Literal["baseline", "sft", "dpo", "evaluate"]
 
 
 def preflight(recipe: SftToDpoRecipe) -> None:
@@ -31,19 +31,21 @@ def preflight(recipe: SftToDpoRecipe) -> None:
     load_data(recipe.eval_prompts, "prompts")
     sft.validate(recipe.stage_config("sft"))
     dpo.validate(recipe.stage_config("dpo"))
+    if recipe.evaluate is not None:
+        evaluate.validate(recipe.stage_config("evaluate"))
 
 
 @flow(name=FLOW, log_prints=True, persist_result=False,
-      description="Supervised fine-tuning, then DPO, with held-out responses before and after.")
+      description="Supervised fine-tuning, then DPO, then evaluation of DPO against SFT.")
 def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Stage] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or reuse) baseline, SFT and DPO; `refresh` forces stages; `overrides` sets dotted keys."""
+    """Run (or reuse) baseline, SFT, DPO and evaluate; `refresh` forces stages; `overrides` sets dotted keys."""
     logger = get_run_logger()
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), SftToDpoRecipe, "overrides", overrides=overrides)
     refresh = list(refresh or [])
     preflight(recipe)
-    salt = {s: f"refresh:{flow_run.id}" if s in refresh else None for s in ("baseline", "sft", "dpo")}
+    salt = {s: f"refresh:{flow_run.id}" if s in refresh else None for s in STAGES}
 
     states, results = {}, {}
 
@@ -55,8 +57,12 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Stage] | None = None,
 
     run("baseline", recipe.stage_config("baseline", refresh_token=salt["baseline"]))
     sft_result = run("sft", recipe.stage_config("sft", refresh_token=salt["sft"]))
-    start = recipe.model.model_copy(update={"name": sft_result["path"]})
-    run("dpo", recipe.stage_config("dpo", model=start, refresh_token=salt["dpo"]))
+    sft_model = recipe.model.model_copy(update={"name": sft_result["path"]})
+    dpo_result = run("dpo", recipe.stage_config("dpo", model=sft_model, refresh_token=salt["dpo"]))
+    if recipe.evaluate is not None:
+        dpo_model = recipe.model.model_copy(update={"name": dpo_result["path"]})
+        run("evaluate", recipe.stage_config("evaluate", model=dpo_model, reference=sft_model,
+                                            refresh_token=salt["evaluate"]))
 
     headline = reports.publish(FLOW, results, states)
     return {"stages": {s: {"status": states[s], "key": r["key"], "path": r["path"]} for s, r in results.items()},

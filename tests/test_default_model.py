@@ -5,6 +5,7 @@ import json
 import pytest
 
 from alignment.config import ModelSpec
+from alignment.judges import PairwiseJudge
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +64,17 @@ def test_main_job_on_the_default_model(prefect_harness, store):
     assert m["dpo_heldout_rewards_margins"] > 0 and m["sft_loss_last"] < m["sft_loss_first"]
     samples = [json.loads(x) for x in open(f"{result['stages']['dpo']['path']}/samples.jsonl")]
     assert "Paris" in samples[0]["response"], samples[0]
+
+
+def test_default_model_as_judge_on_obvious_cases():
+    """The 135M model as a judge: measured, not assumed. It must at least run and give valid soft labels;
+    its accuracy is reported (the evaluate report flags it when not above chance)."""
+    from alignment.config import EngineKind, EngineSpec
+    from alignment.generation import load_engine
+
+    engine = load_engine(ModelSpec(), EngineSpec(kind=EngineKind.hf))
+    judge = PairwiseJudge(engine, "correct and helpful")
+    v = judge.compare(["What is 2 + 2?", "What colour is the sky on a clear day?"],
+                      ["2 + 2 = 4.", "It is blue."], ["2 + 2 = 17.", "It is bright green with purple stripes."])
+    assert all(0 < x.p_a < 1 for x in v)
+    print("default-model judge on obvious pairs:", [round(x.p_a, 3) for x in v])

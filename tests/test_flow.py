@@ -56,14 +56,17 @@ def artifacts(flow_run_id: str) -> dict[str, object]:
 def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe)
     assert state.is_completed(), state.message
-    assert task_states(fr) == {"baseline": "Completed", "sft": "Completed", "dpo": "Completed"}
+    assert task_states(fr) == {"baseline": "Completed", "sft": "Completed", "dpo": "Completed", "evaluate": "Completed"}
     result = state.result()
     runs["first"] = result
-    for stage in ("baseline", "sft", "dpo"):
+    for stage in ("baseline", "sft", "dpo", "evaluate"):
         assert ArtifactStore().complete(stage, result["stages"][stage]["key"])
     arts = artifacts(fr)
     assert {"baseline-summary", "sft-summary", "dpo-summary", "sft-curves", "dpo-curves", "sft-progress",
-            "dpo-progress", "sft-to-dpo-responses", "sft-to-dpo-results"} <= set(arts)
+            "dpo-progress", "sft-to-dpo-responses", "sft-to-dpo-results", "evaluate-report",
+            "evaluate-summary"} <= set(arts)
+    assert "win rate, policy vs reference" in arts["evaluate-report"].data
+    assert "not meaningful" in arts["evaluate-report"].data, "a random judge is flagged"
     table = json.loads(arts["sft-to-dpo-responses"].data)
     assert len(table) == 4 and set(table[0]) == {"prompt", "base", "sft", "dpo"}
     assert table[0]["prompt"] == "What is the capital of France?"
@@ -75,7 +78,7 @@ def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, t
 
 def test_rerun_with_nothing_changed_is_all_cached(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe)
-    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Cached"}
+    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Cached", "evaluate": "Cached"}
     assert state.result()["stages"] == {s: {**v, "status": "Cached"} for s, v in runs["first"]["stages"].items()}
     assert {"sft-summary", "dpo-curves", "sft-to-dpo-responses"} <= set(artifacts(fr)), "artifacts on cached runs too"
     assert "# sft: Cached" in artifacts(fr)["sft-summary"].data
@@ -83,13 +86,13 @@ def test_rerun_with_nothing_changed_is_all_cached(harness, runs, tiny_recipe):
 
 def test_changing_a_dpo_setting_reruns_only_dpo(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, overrides={"dpo.beta": 0.2})
-    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed"}
+    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed", "evaluate": "Completed"}
     assert state.result()["stages"]["dpo"]["key"] != runs["first"]["stages"]["dpo"]["key"]
 
 
 def test_changing_sft_data_reruns_sft_then_dpo(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, overrides={"sft.data.max_rows": 12})
-    assert task_states(fr) == {"baseline": "Cached", "sft": "Completed", "dpo": "Completed"}
+    assert task_states(fr) == {"baseline": "Cached", "sft": "Completed", "dpo": "Completed", "evaluate": "Completed"}
     stages = state.result()["stages"]
     assert stages["sft"]["key"] != runs["first"]["stages"]["sft"]["key"]
     dpo_manifest = json.loads((Path(stages["dpo"]["path"]) / "manifest.json").read_text())
@@ -98,7 +101,7 @@ def test_changing_sft_data_reruns_sft_then_dpo(harness, runs, tiny_recipe):
 
 def test_refresh_forces_a_stage_and_what_follows(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, refresh=["dpo"])
-    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed"}
+    assert task_states(fr) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed", "evaluate": "Completed"}
     new = state.result()["stages"]["dpo"]
     assert new["key"] != runs["first"]["stages"]["dpo"]["key"], "a refreshed stage gets a new artifact"
     assert Path(runs["first"]["stages"]["dpo"]["path"]).is_dir(), "the earlier artifact is kept"
@@ -108,7 +111,7 @@ def test_deleted_artifact_is_rebuilt_not_served_from_cache(harness, runs, tiny_r
     sft = runs["first"]["stages"]["sft"]
     shutil.rmtree(sft["path"])
     state, fr = run(tiny_recipe)
-    assert task_states(fr) == {"baseline": "Cached", "sft": "Completed", "dpo": "Cached"}
+    assert task_states(fr) == {"baseline": "Cached", "sft": "Completed", "dpo": "Cached", "evaluate": "Cached"}
     assert state.result()["stages"]["sft"]["key"] == sft["key"] and Path(sft["path"]).is_dir()
 
 

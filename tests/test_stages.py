@@ -97,7 +97,7 @@ def test_bad_preference_data_fails_before_anything_is_written(tiny_recipe, store
 
 def test_baseline_writes_responses(tiny_recipe, store):
     b = baseline.run(tiny_recipe.stage_config("baseline"))
-    assert b.metrics == {"prompts": 4} and len(open(Path(b.path) / "samples.jsonl").readlines()) == 4
+    assert b.metrics == {"prompts": 4, "engine": "hf"} and len(open(Path(b.path) / "samples.jsonl").readlines()) == 4
 
 
 def test_qlora_on_cpu_is_a_clear_error(tiny_recipe, store):
@@ -109,3 +109,38 @@ def test_qlora_on_cpu_is_a_clear_error(tiny_recipe, store):
     adapter = tiny_recipe.sft.adapter.model_copy(update={"mode": AdapterMode.qlora})
     with pytest.raises(ModelError, match="'qlora' needs a CUDA GPU"):
         load_model(ModelSpec(name="tiny-random"), adapter)
+
+
+def test_evaluate_writes_report_and_flags_a_chance_judge(tiny_recipe, store):
+    from alignment.stages import evaluate
+
+    cfg = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"),
+                                   reference=ModelSpec(name="tiny-random"))
+    r = evaluate.run(cfg)
+    m = r.metrics
+    assert m["n"] == 4 and 0 <= m["win_rate_ci_low"] <= m["win_rate"] <= m["win_rate_ci_high"] <= 1
+    assert m["judge_calibration_n"] == 6 and m["judge_calibration_meaningful"] is False
+    assert m["length_drift_ratio"] == pytest.approx(1.0), "same model on both sides"
+    report = (Path(r.path) / "report.md").read_text()
+    assert "not meaningful" in report and "over-refusal on benign prompts (keyword)" in report
+    rows = [json.loads(x) for x in open(Path(r.path) / "responses.jsonl")]
+    assert {x["set"] for x in rows} == {"heldout", "redteam", "benign"} and len(rows) == 12
+    assert "p_policy_better" in rows[0] and "policy_refused" in rows[-1]
+
+
+def test_template_edit_changes_only_the_stages_that_render_it(tiny_recipe, monkeypatch, tmp_path):
+    import shutil
+
+    import alignment.prompts as prompts
+    from alignment.stages import artifact_key
+
+    ev = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"), reference=ModelSpec(name="tiny-random"))
+    before = artifact_key("evaluate", ev), artifact_key("sft", tiny_recipe.stage_config("sft"))
+    edited = tmp_path / "prompts"
+    shutil.copytree(prompts.PROMPTS_DIR, edited)
+    (edited / "judge_pairwise.jinja").write_text((edited / "judge_pairwise.jinja").read_text() + "\nBe strict.\n")
+    monkeypatch.setattr(prompts, "PROMPTS_DIR", edited)
+    prompts.environment.cache_clear()
+    after = artifact_key("evaluate", ev), artifact_key("sft", tiny_recipe.stage_config("sft"))
+    prompts.environment.cache_clear()
+    assert after[0] != before[0] and after[1] == before[1]

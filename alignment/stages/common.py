@@ -34,20 +34,30 @@ class RunContext:
     store: ArtifactStore | None = None
 
 
+def _resolved(value: Any) -> Any:
+    """A config value with data files replaced by content hashes and models by their ids, recursively."""
+    if isinstance(value, DataSpec):
+        return data_identity(value)
+    if isinstance(value, ModelSpec):
+        return model_identity(value)
+    if isinstance(value, BaseModel):
+        return {name: _resolved(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, list):
+        return [_resolved(v) for v in value]
+    return value.value if hasattr(value, "value") else value
+
+
+# The prompt templates each stage renders: their versions are part of its key, so editing a template
+# reruns exactly the stages that use it.
+PROMPTS_USED = {"evaluate": ("judge_pairwise.jinja", "judge_choice.jinja")}
+
+
 def identity(stage: str, config: BaseModel) -> dict[str, Any]:
-    """The config with data files replaced by content hashes and models by their ids, plus code version."""
-    out: dict[str, Any] = {}
-    for name in type(config).model_fields:
-        value = getattr(config, name)
-        if isinstance(value, DataSpec):
-            out[name] = data_identity(value)
-        elif isinstance(value, ModelSpec):
-            out[name] = model_identity(value)
-        elif isinstance(value, BaseModel):
-            out[name] = value.model_dump(mode="json")
-        else:
-            out[name] = value.value if hasattr(value, "value") else value
-    return {"stage": stage, "config": out, "code_version": code_version()}
+    """What determines a stage's output: its resolved config, its prompt templates and the code version."""
+    from alignment.prompts import template_version
+
+    prompts = {name: template_version(name) for name in PROMPTS_USED.get(stage, ())}
+    return {"stage": stage, "config": _resolved(config), "prompts": prompts, "code_version": code_version()}
 
 
 def artifact_key(stage: str, config: BaseModel) -> str:
