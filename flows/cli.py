@@ -17,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from alignment.config import SftToDpoRecipe
+from alignment.config import STAGES, SftToDpoRecipe
 from alignment.data import DataError
 from alignment.models import ModelError
 from alignment.recipes import RecipeError, load_yaml_model, recipe_path
@@ -56,10 +56,11 @@ def cmd_run(a) -> None:
 
 
 def cmd_stage(a) -> None:
-    from alignment.config import BaselineStageConfig, DPOStageConfig, SFTStageConfig
+    from alignment.config import BaselineStageConfig, DPOStageConfig, EvaluateStageConfig, SFTStageConfig
     from alignment.stages import runner
 
-    cls = {"baseline": BaselineStageConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig}[a.stage]
+    cls = {"baseline": BaselineStageConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig,
+           "evaluate": EvaluateStageConfig}[a.stage]
     result = runner(a.stage)(load_yaml_model(a.config, cls, _parse_params(a.param)))
     print(json.dumps(result.to_dict(), indent=2, default=str))
 
@@ -191,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the sft-to-dpo flow in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
-    s.add_argument("--refresh", action="append", default=[], choices=["baseline", "sft", "dpo"])
+    s.add_argument("--refresh", action="append", default=[], choices=list(STAGES))
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
-    s.add_argument("stage", choices=["baseline", "sft", "dpo"])
+    s.add_argument("stage", choices=list(STAGES))
     s.add_argument("--config", required=True)
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_stage)

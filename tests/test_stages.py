@@ -144,3 +144,22 @@ def test_template_edit_changes_only_the_stages_that_render_it(tiny_recipe, monke
     after = artifact_key("evaluate", ev), artifact_key("sft", tiny_recipe.stage_config("sft"))
     prompts.environment.cache_clear()
     assert after[0] != before[0] and after[1] == before[1]
+
+
+def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text("model: {name: tiny-random}\ndata: {path: data/sft_train.jsonl, max_rows: 8}\n"
+                   "train: {max_steps: 2, batch_size: 4, max_length: 96}\n")
+    env = {**__import__("os").environ, "ALIGNMENT_STORE": str(tmp_path / "store")}
+    p = subprocess.run([sys.executable, "-m", "alignment.stages.sft", "--config", str(cfg)], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads(p.stdout[p.stdout.index("{\n"):])
+    assert result["stage"] == "sft" and result["metrics"]["steps"] == 2
+    assert (Path(result["path"]) / "manifest.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "stage", "sft", "--config", str(cfg),
+                          "-p", "train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "train.learning_rate = -1: Input should be greater than 0" in bad.stderr
