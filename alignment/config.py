@@ -212,6 +212,9 @@ class EvaluateSettings(Strict):
     benign_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/benign_prompts.jsonl"),
                                             description="Benign requests with alarming words: refusals are over-refusal.")
     bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+    reward_model: ModelSpec | None = Field(
+        None, description="A reward model (sequence classifier with one output, e.g. the reward stage's "
+        "artifact) that scores policy and reference responses on the held-out prompts.")
 
 
 class EvaluateStageConfig(StageInput, EvaluateSettings):

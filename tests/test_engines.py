@@ -115,3 +115,35 @@ def test_managed_server_is_stopped_when_the_stage_fails(tiny_recipe, store, monk
         ev.run(cfg)
     leftover = [p for p in store.root.rglob("*") if p.is_file()] if store.root.exists() else []
     assert started and not _vllm_servers() and not leftover
+
+
+@needs_vllm
+def test_managed_server_is_stopped_when_the_owner_is_terminated(tmp_path):
+    """A flow run cancelled with SIGTERM: the managed server (its own process session) goes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "owner.py"
+    script.write_text(
+        "import time\n"
+        "from alignment.config import EngineKind, EngineSpec, ModelSpec\n"
+        "from alignment.generation import load_engine\n"
+        "e = load_engine(ModelSpec(name='tiny-random'), EngineSpec(kind=EngineKind.openai, "
+        "gpu_memory_utilization=0.1, max_model_len=512, server_timeout_s=240))\n"
+        "print('READY', e.server.proc.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    line = owner.stdout.readline()
+    assert line.startswith("READY"), line
+    server_pid = int(line.split()[1])
+    assert psutil.pid_exists(server_pid)
+    owner.send_signal(signal.SIGTERM)
+    owner.wait(timeout=60)
+    for _ in range(30):
+        if not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"vllm serve (pid {server_pid}) outlived its terminated owner")

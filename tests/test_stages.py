@@ -163,3 +163,22 @@ def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "stage", "sft", "--config", str(cfg),
                           "-p", "train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "train.learning_rate = -1: Input should be greater than 0" in bad.stderr
+
+
+def test_evaluate_scores_responses_with_a_reward_model(tiny_recipe, store, tmp_path):
+    """A locally built one-output sequence classifier stands in for the reward stage's artifact."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from alignment.stages import evaluate
+
+    base = resolve_model_path(ModelSpec(name="tiny-random"))
+    cfg = LlamaConfig.from_pretrained(base)
+    cfg.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "rm")
+    ev = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"), reference=ModelSpec(name="tiny-random"))
+    ev = ev.model_copy(update={"reward_model": ModelSpec(name=str(tmp_path / "rm"))})
+    m = evaluate.run(ev).metrics
+    assert m["reward_policy_mean"] == pytest.approx(m["reward_reference_mean"]), "same model, same responses"
+    assert m["reward_diff_mean"] == pytest.approx(0.0, abs=1e-6) and m["reward_model"].endswith("rm")

@@ -6,12 +6,14 @@ generate but not score. The key comes from the environment variable named by ``e
 and is sent only in the Authorization header.
 """
 
+import atexit
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,8 +33,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_LIVE: set["ManagedVLLMServer"] = set()
+
+
+def _stop_all(*_args) -> None:
+    for server in list(_LIVE):
+        server.stop()
+
+
+def _on_sigterm(signum, frame) -> None:
+    # A cancelled flow run gets SIGTERM: stop our servers (they run in their own session, so nothing else
+    # would), then let the previous handler or the default action proceed.
+    _stop_all()
+    previous = _PREVIOUS_SIGTERM
+    if callable(previous):
+        previous(signum, frame)
+    elif previous != signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PREVIOUS_SIGTERM = None
+atexit.register(_stop_all)
+
+
 class ManagedVLLMServer:
-    """`vllm serve` as a child process on loopback: health-checked start, guaranteed stop."""
+    """`vllm serve` as a child process on loopback: health-checked start, guaranteed stop (context exit,
+    ``close``, interpreter exit, SIGTERM)."""
 
     def __init__(self, model_path: str, name: str, spec: EngineSpec, dtype: str = "auto"):
         self.model_path, self.name, self.spec, self.dtype = model_path, name, spec, dtype
@@ -52,9 +79,13 @@ class ManagedVLLMServer:
         return cmd + (["--enforce-eager"] if self.spec.enforce_eager in (None, True) else [])
 
     def start(self) -> "ManagedVLLMServer":
+        global _PREVIOUS_SIGTERM
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+            _PREVIOUS_SIGTERM = signal.signal(signal.SIGTERM, _on_sigterm)
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
+        _LIVE.add(self)
         deadline = time.time() + self.spec.server_timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -76,6 +107,7 @@ class ManagedVLLMServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
+        _LIVE.discard(self)
         if self.proc is None or self.proc.poll() is not None:
             return
         try:

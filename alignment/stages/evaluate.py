@@ -96,6 +96,24 @@ def judge_all(config: EvaluateStageConfig, checked: dict, answers: dict[str, dic
     return metrics
 
 
+def reward_scores(config: EvaluateStageConfig, checked: dict, answers: dict) -> dict[str, Any]:
+    """Mean reward of policy and reference on the held-out prompts, and of their paired difference."""
+    from alignment.rewards import score_responses
+
+    chats = [r["prompt"] for r in checked["sets"]["heldout"]]
+    out: dict[str, Any] = {"reward_model": config.reward_model.name}
+    scores = {who: score_responses(config.reward_model, chats, [c.text for c in answers[who]["heldout"]])
+              for who in ("policy", "reference")}
+    for who, values in scores.items():
+        mean, lo, hi = bootstrap_ci(values, config.bootstrap)
+        out.update({f"reward_{who}_mean": mean, f"reward_{who}_ci_low": lo, f"reward_{who}_ci_high": hi})
+    diff = [p - r for p, r in zip(scores["policy"], scores["reference"], strict=True)]
+    mean, lo, hi = bootstrap_ci(diff, config.bootstrap)
+    out.update({"reward_diff_mean": mean, "reward_diff_ci_low": lo, "reward_diff_ci_high": hi})
+    out["rewards"] = scores
+    return out
+
+
 def evaluate(out: Path, checked: dict, context: RunContext, config: EvaluateStageConfig) -> dict[str, Any]:
     from alignment.stages.evaluate_report import write_report
 
@@ -110,6 +128,8 @@ def evaluate(out: Path, checked: dict, context: RunContext, config: EvaluateStag
         metrics[f"length_{name}_policy_mean"] = sum(pol) / len(pol)
         metrics[f"length_{name}_reference_mean"] = sum(ref) / len(ref)
     metrics["length_drift_ratio"] = metrics["length_heldout_policy_mean"] / max(metrics["length_heldout_reference_mean"], 1e-9)
+    if config.reward_model is not None:
+        metrics.update(reward_scores(config, checked, answers))
     write_report(out, config, checked, answers, metrics)
     if context.progress:
         context.progress(1.0, {})

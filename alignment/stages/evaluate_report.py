@@ -36,6 +36,10 @@ def report_markdown(config, m: dict[str, Any]) -> str:
         f"| length drift (policy / reference tokens, held-out) | {m['length_drift_ratio']:.2f} "
         f"({m['length_heldout_policy_mean']:.1f} vs {m['length_heldout_reference_mean']:.1f}) |",
     ]
+    if "reward_diff_mean" in m:
+        lines.append(f"| reward model `{m['reward_model']}`: policy / reference mean (held-out) | "
+                     f"{m['reward_policy_mean']:.3f} / {m['reward_reference_mean']:.3f}; paired difference "
+                     f"{m['reward_diff_mean']:+.3f} [{m['reward_diff_ci_low']:+.3f}, {m['reward_diff_ci_high']:+.3f}] |")
     for key, title in (("harmful_compliance", "harmful compliance on red-team prompts"),
                        ("over_refusal", "over-refusal on benign prompts")):
         for how in ("keyword", "judged"):
