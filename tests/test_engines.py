@@ -53,13 +53,24 @@ def test_hf_score_matches_generation_logprobs(hf):
     assert score == pytest.approx(sum(first.logprobs[:3]), abs=1e-3)
 
 
+def test_single_token_options_take_the_one_forward_path(hf):
+    gen = hf.generate(CHATS, GREEDY, logprobs=True)
+    firsts = [[hf.tokenizer.decode(g.token_ids[:1])] for g in gen]
+    assert all(len(hf.tokenizer(f[0], add_special_tokens=False)["input_ids"]) == 1 for f in firsts)
+    scores = hf.score(CHATS, firsts)  # padded batch of three prompts of different lengths
+    for s, g in zip(scores, gen, strict=True):
+        assert s[0] == pytest.approx(g.logprobs[0], abs=1e-3)
+
+
 @needs_vllm
 def test_vllm_agrees_with_hf(hf, vllm):
     a, b = hf.generate(CHATS, GREEDY), vllm.generate(CHATS, GREEDY)
     assert [c.token_ids for c in a] == [c.token_ids for c in b]
     opts = [["Paris", "London"], ["red", "blue"], ["hello", "bye"]]
-    for x, y in zip(hf.score(CHATS, opts), vllm.score(CHATS, opts), strict=True):
-        assert x == pytest.approx(y, abs=2e-3)
+    letters = [["A", "B"]] * len(CHATS)  # single tokens: hf takes its one-forward path
+    for o in (opts, letters):
+        for x, y in zip(hf.score(CHATS, o), vllm.score(CHATS, o), strict=True):
+            assert x == pytest.approx(y, abs=2e-3)
 
 
 @needs_vllm

@@ -77,6 +77,9 @@ class HFEngine:
         import torch
 
         tok, model = self.tokenizer, self.model
+        opt_ids = [[option_ids(tok, o) for o in opts] for opts in options]
+        if all(len(o) == 1 for opts in opt_ids for o in opts):  # e.g. judge letters: one forward per chat
+            return self._score_next_token(chats, [[o[0] for o in opts] for opts in opt_ids])
         device = next(model.parameters()).device
         rows: list[tuple[int, list[int], int]] = []  # (chat index, ids, option length)
         for i, (chat, opts) in enumerate(zip(chats, options, strict=True)):
@@ -98,6 +101,27 @@ class HFEngine:
         out: list[list[float]] = [[] for _ in chats]
         for (i, _, _), sc in zip(rows, scores, strict=True):
             out[i].append(sc)
+        return out
+
+    def _score_next_token(self, chats: list[Chat], token_ids: list[list[int]]) -> list[list[float]]:
+        """Single-token options: the next-token log-probs after each prompt, one forward per chat."""
+        import torch
+
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
+        prompts = [prompt_ids(tok, c) for c in chats]
+        out: list[list[float]] = []
+        for s in range(0, len(prompts), 16):
+            chunk = prompts[s : s + 16]
+            width = max(len(p) for p in chunk)
+            # left padding: every prompt ends at the last position, whose logits predict the option token
+            ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in chunk], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real positions despite the left padding
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            out += [[logp[k, t].item() for t in token_ids[s + k]] for k in range(len(chunk))]
         return out
 
     def close(self) -> None:
