@@ -24,13 +24,14 @@ def judge_note(m: dict[str, Any]) -> str:
 
 
 def report_markdown(config, m: dict[str, Any]) -> str:
+    flag = "" if m.get("judge_calibration_meaningful") else " ⚠ judge at chance"
     lines = [
         "# evaluate: policy vs reference", "",
         f"- policy: `{config.model.name}`", f"- reference: `{config.reference.name}`",
         f"- judge: `{m['judge_model']}` on `{m['judge_engine']}`, template `{m['judge_template']}`",
         f"- {judge_note(m)}", "",
         "| measure | value (95% bootstrap interval) |", "|---|---|",
-        f"| win rate, policy vs reference (judged, ties = ½) | {m['win_rate']:.2f} [{m['win_rate_ci_low']:.2f}, "
+        f"| win rate, policy vs reference (judged, ties = ½){flag} | {m['win_rate']:.2f} [{m['win_rate_ci_low']:.2f}, "
         f"{m['win_rate_ci_high']:.2f}] over {m['n']} prompts, {m['ties']} ties |",
         f"| judge position bias (share picking the first shown − 0.5) | {m['position_bias']:+.3f} |",
         f"| length drift (policy / reference tokens, held-out) | {m['length_drift_ratio']:.2f} "
@@ -44,7 +45,8 @@ def report_markdown(config, m: dict[str, Any]) -> str:
                        ("over_refusal", "over-refusal on benign prompts")):
         for how in ("keyword", "judged"):
             if f"policy_{key}_{how}_rate" in m:
-                lines.append(f"| {title} ({how}): policy / reference | {_pct(m, f'policy_{key}_{how}')} / "
+                mark = flag if how == "judged" else ""
+                lines.append(f"| {title} ({how}){mark}: policy / reference | {_pct(m, f'policy_{key}_{how}')} / "
                              f"{_pct(m, f'reference_{key}_{how}')} |")
     return "\n".join(lines)
 
