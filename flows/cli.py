@@ -10,6 +10,7 @@
     alignment model fetch [NAME]              fetch and convert a built-in model into the cache
     alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
     alignment stop                            stop the serve process and the server
+    alignment constitution validate|show|diff|import ...   check, print, compare or import constitutions
 """
 
 import argparse
@@ -18,6 +19,7 @@ import sys
 from typing import Any
 
 from alignment.config import STAGES, SftToDpoRecipe
+from alignment.constitution import ConstitutionError
 from alignment.data import DataError
 from alignment.models import ModelError
 from alignment.recipes import RecipeError, load_yaml_model, recipe_path
@@ -177,6 +179,40 @@ def cmd_recipe(a) -> None:
     print(json.dumps({"recipe": recipe.model_dump(mode="json")}) if a.json else recipe.model_dump_json(indent=2))
 
 
+def cmd_constitution(a) -> None:
+    from pathlib import Path
+
+    from alignment.constitution import diff, dump, import_paper, load_constitution
+
+    if a.action == "validate":
+        paths = [p for arg in (a.paths or ["constitutions"]) for p in
+                 (sorted(Path(arg).rglob("*.yaml")) if Path(arg).is_dir() else [Path(arg)])]
+        if not paths:
+            raise ConstitutionError(f"no constitution files under {a.paths or ['constitutions']}")
+        for p in paths:
+            c = load_constitution(p)
+            print(f"ok  {p}  {c.name} v{c.version} hash {c.hash}: {len(c.for_revision())} critique/revision, "
+                  f"{len(c.for_feedback())} feedback principles")
+    elif a.action == "show":
+        c = load_constitution(a.paths[0])
+        print(f"# {c.name} v{c.version}  hash {c.hash}\n# {c.description}")
+        for p in c.principles:
+            kinds = "+".join(k for k in ("critique", "revision", "comparison") if getattr(p, k))
+            print(f"- {p.id} [{kinds}] {' '.join(p.tags)}\n    {(p.critique or p.comparison)[:120]}")
+    elif a.action == "diff":
+        old, new = load_constitution(a.paths[0]), load_constitution(a.paths[1])
+        print(f"hash {old.hash} -> {new.hash}")
+        print("\n".join(diff(old, new)) or "no differences")
+    else:  # import: critique/revision json, then optional feedback json and few-shot files
+        files = [Path(p) for p in a.paths] + [None] * (4 - len(a.paths))
+        text = dump(import_paper(*files[:4]))
+        if a.output:
+            Path(a.output).write_text(text)
+            print(f"wrote {a.output}")
+        else:
+            print(text)
+
+
 def cmd_stop(a) -> None:
     for name in ("serve", "server"):
         print(f"{name}: {'stopped' if server.stop(name) else 'not running'}")
@@ -219,6 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_recipe)
     sub.add_parser("stop", help="stop the serve process and the server").set_defaults(fn=cmd_stop)
+    s = sub.add_parser("constitution", help="validate, show, diff or import constitutions",
+                       description="validate [FILES|DIRS]; show FILE; diff OLD NEW; import CRITIQUE_REVISION.json "
+                       "[FEEDBACK.json [CRITIQUE_FEW_SHOT.json [FEEDBACK_FEW_SHOT.json]]] [-o OUT.yaml]")
+    s.add_argument("action", choices=["validate", "show", "diff", "import"])
+    s.add_argument("paths", nargs="*")
+    s.add_argument("-o", "--output")
+    s.set_defaults(fn=cmd_constitution)
     return p
 
 
@@ -227,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     server.apply_defaults()
     try:
         args.fn(args)
-    except (RecipeError, DataError, ModelError) as e:
+    except (RecipeError, DataError, ModelError, ConstitutionError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
