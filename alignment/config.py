@@ -223,6 +223,35 @@ class EvaluateStageConfig(StageInput, EvaluateSettings):
     reference: ModelSpec = Field(..., description="The model the policy is compared with (e.g. the SFT model).")
 
 
+class ConstitutionSpec(Strict):
+    """A constitution file; its content hash (not its path) goes into artifact keys."""
+
+    path: str = Field("constitutions/harmlessness.yaml", min_length=1, description="Constitution YAML file.")
+
+
+class GenerateStageConfig(StageInput):
+    """Responses of `model` to `prompts` (e.g. initial answers to red-team prompts for SL-CAI)."""
+
+    prompts: DataSpec = Field(..., description="Prompts to answer (any format with a prompt).")
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+
+class CritiqueReviseSettings(Strict):
+    """SL-CAI: rounds of critique → revision, one principle sampled per prompt and round (seeded)."""
+
+    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
+    rounds: int = Field(2, ge=1, le=8, description="Critique → revision rounds per prompt.")
+    few_shot: int = Field(1, ge=0, le=8, description="Worked examples from the constitution shown first.")
+    seed: int = Field(0, description="Seed for principle and example sampling.")
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+
+
+class CritiqueReviseStageConfig(StageInput, CritiqueReviseSettings):
+    """Everything `alignment.stages.critique_revise.run` needs; `model` writes critiques and revisions."""
+
+    initial: DataSpec = Field(..., description="Initial responses: prompt/completion rows (the generate stage).")
+
+
 STAGES = ("baseline", "sft", "dpo", "evaluate")
 
 

@@ -58,11 +58,19 @@ def cmd_run(a) -> None:
 
 
 def cmd_stage(a) -> None:
-    from alignment.config import BaselineStageConfig, DPOStageConfig, EvaluateStageConfig, SFTStageConfig
+    from alignment.config import (
+        BaselineStageConfig,
+        CritiqueReviseStageConfig,
+        DPOStageConfig,
+        EvaluateStageConfig,
+        GenerateStageConfig,
+        SFTStageConfig,
+    )
     from alignment.stages import runner
 
     cls = {"baseline": BaselineStageConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig,
-           "evaluate": EvaluateStageConfig}[a.stage]
+           "evaluate": EvaluateStageConfig, "generate": GenerateStageConfig,
+           "critique_revise": CritiqueReviseStageConfig}[a.stage]
     result = runner(a.stage)(load_yaml_model(a.config, cls, _parse_params(a.param)))
     print(json.dumps(result.to_dict(), indent=2, default=str))
 
@@ -231,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refresh", action="append", default=[], choices=list(STAGES))
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
-    s.add_argument("stage", choices=list(STAGES))
+    s.add_argument("stage", choices=[*STAGES, "generate", "critique_revise"])
     s.add_argument("--config", required=True)
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_stage)

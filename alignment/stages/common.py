@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from alignment.artifacts import ArtifactStore, StageResult, code_version, stage_key, write_manifest
-from alignment.config import DataSpec, ModelSpec, StageInput, TrainSpec
+from alignment.config import ConstitutionSpec, DataSpec, ModelSpec, StageInput, TrainSpec
 from alignment.data import data_identity
 from alignment.models import model_identity
 
@@ -38,6 +38,10 @@ def _resolved(value: Any) -> Any:
     """A config value with data files replaced by content hashes and models by their ids, recursively."""
     if isinstance(value, DataSpec):
         return data_identity(value)
+    if isinstance(value, ConstitutionSpec):
+        from alignment.constitution import load_constitution
+
+        return {"constitution_hash": load_constitution(value.path).hash}
     if isinstance(value, ModelSpec):
         return model_identity(value)
     if isinstance(value, BaseModel):
@@ -49,7 +53,8 @@ def _resolved(value: Any) -> Any:
 
 # The prompt templates each stage renders: their versions are part of its key, so editing a template
 # reruns exactly the stages that use it.
-PROMPTS_USED = {"evaluate": ("judge_pairwise.jinja", "judge_choice.jinja")}
+PROMPTS_USED = {"evaluate": ("judge_pairwise.jinja", "judge_choice.jinja"),
+                "critique_revise": ("cai_critique.jinja", "cai_revision.jinja")}
 
 
 def identity(stage: str, config: BaseModel) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""SL-CAI (Bai et al. 2022, arXiv:2212.08073, §3): repeated critique → revision with sampled principles.
+
+For each prompt and its initial response, ``rounds`` times: sample a principle (seeded: the same seed,
+prompt index and round always pick the same one), ask the model for a critique with the principle's
+critique request, then for a revision with its revision request, showing ``few_shot`` worked examples
+from the constitution first. The last revision is the SFT target. Degenerate revisions (empty,
+unchanged from the text they revise, or repetitive) are filtered and counted, per principle.
+
+Outputs: ``revisions.jsonl`` (every prompt with all rounds and provenance: constitution hash, principle
+ids, template versions, round), ``sft.jsonl`` (kept rows as prompt/completion), ``principles.json``
+(statistics per principle), metrics in the manifest.
+"""
+
+import json
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from alignment.artifacts import StageResult
+from alignment.config import CritiqueReviseStageConfig
+from alignment.constitution import Constitution, Principle, load_constitution
+from alignment.data import load_data
+from alignment.generation import load_engine
+from alignment.prompts import render, template_version
+from alignment.stages.common import RunContext, cli, run_stage
+from alignment.stages.generate import write_completions
+
+STAGE = "critique_revise"
+
+
+def sample_principle(principles: list[Principle], seed: int, row: int, round_: int) -> Principle:
+    """The principle for one prompt and round: reproducible, independent of batch order."""
+    return random.Random(f"{seed}:{row}:{round_}").choice(principles)
+
+
+def degenerate(revision: str, previous: str) -> str | None:
+    """Why a revision is unusable ("empty", "unchanged", "repeated"), or None if it is fine."""
+    text = revision.strip()
+    if not text:
+        return "empty"
+    if " ".join(text.lower().split()) == " ".join(previous.strip().lower().split()):
+        return "unchanged"
+    words = text.lower().split()
+    trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+    if len(trigrams) >= 6 and len(set(trigrams)) / len(trigrams) < 0.5:  # mostly the same phrase again
+        return "repeated"
+    return None
+
+
+def few_shot_turns(constitution: Constitution, k: int, principle: Principle, seed: int, row: int) -> list[dict]:
+    """Worked examples as earlier chat turns (conversation, critique, revision), chosen with a seed."""
+    examples = constitution.critique_examples
+    if not examples or k == 0:
+        return []
+    picked = random.Random(f"{seed}:{row}:examples").sample(range(len(examples)), min(k, len(examples)))
+    turns: list[dict] = []
+    for i in picked:
+        ex = examples[i]
+        turns += [m.model_dump() for m in ex.conversation]
+        turns += [{"role": "user", "content": render("cai_critique.jinja", request=principle.critique)},
+                  {"role": "assistant", "content": ex.critique},
+                  {"role": "user", "content": render("cai_revision.jinja", request=principle.revision)},
+                  {"role": "assistant", "content": ex.revision}]
+    return turns
+
+
+def validate(config: CritiqueReviseStageConfig):
+    constitution = load_constitution(config.constitution.path)
+    if not constitution.for_revision():
+        raise ValueError(f"{config.constitution.path}: no principle has a critique and revision request")
+    rows = load_data(config.initial, "sft").rows
+    return constitution, rows
+
+
+def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageConfig) -> dict[str, Any]:
+    constitution, rows = checked
+    principles = constitution.for_revision()
+    prompts = [r["prompt"] for r in rows]
+    current = [r["completion"][-1]["content"] if isinstance(r["completion"], list) else r["completion"] for r in rows]
+    initial = list(current)
+    history: list[list[dict]] = [[] for _ in rows]
+    engine = load_engine(config.model, config.engine)
+    try:
+        for rnd in range(config.rounds):
+            chosen = [sample_principle(principles, config.seed, i, rnd) for i in range(len(rows))]
+            base = [few_shot_turns(constitution, config.few_shot, p, config.seed, i) + list(prompts[i]) +
+                    [{"role": "assistant", "content": current[i]}] for i, p in enumerate(chosen)]
+            crit_chats = [b + [{"role": "user", "content": render("cai_critique.jinja", request=p.render(
+                "critique", prompt=prompts[i][-1]["content"], response=current[i]))}] for i, (b, p) in enumerate(zip(base, chosen, strict=True))]
+            critiques = [c.text for c in engine.generate(crit_chats, config.generation)]
+            rev_chats = [c + [{"role": "assistant", "content": crit},
+                              {"role": "user", "content": render("cai_revision.jinja", request=p.render(
+                                  "revision", prompt=prompts[i][-1]["content"], response=current[i]))}]
+                         for i, (c, crit, p) in enumerate(zip(crit_chats, critiques, chosen, strict=True))]
+            revisions = [c.text for c in engine.generate(rev_chats, config.generation)]
+            for i, (p, crit, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
+                reason = degenerate(rev, current[i])
+                history[i].append({"round": rnd, "principle_id": p.id, "critique": crit, "revision": rev,
+                                   "filtered": reason})
+                if reason is None:
+                    current[i] = rev
+            if context.progress:
+                context.progress((rnd + 1) / config.rounds, {})
+    finally:
+        engine.close()
+    return summarise(out, config, constitution, prompts, initial, current, history)
+
+
+def summarise(out: Path, config, constitution: Constitution, prompts, initial, final, history) -> dict[str, Any]:
+    versions = {t: template_version(t) for t in ("cai_critique.jinja", "cai_revision.jinja")}
+    per_principle: dict[str, Counter] = defaultdict(Counter)
+    reasons: Counter = Counter()
+    kept_idx = []
+    with open(out / "revisions.jsonl", "w", encoding="utf-8") as f:
+        for i, rounds in enumerate(history):
+            for r in rounds:
+                per_principle[r["principle_id"]]["used"] += 1
+                per_principle[r["principle_id"]][r["filtered"] or "kept"] += 1
+                reasons[r["filtered"] or "kept"] += 1
+            revised = final[i] != initial[i]
+            if revised:
+                kept_idx.append(i)
+            f.write(json.dumps({"prompt": prompts[i], "initial": initial[i], "rounds": rounds, "final": final[i],
+                                "kept": revised, "constitution": constitution.name,
+                                "constitution_hash": constitution.hash, "templates": versions},
+                               ensure_ascii=False) + "\n")
+    write_completions(out / "sft.jsonl", [prompts[i] for i in kept_idx], [final[i] for i in kept_idx],
+                      [{"principle_ids": [r["principle_id"] for r in history[i]],
+                        "constitution_hash": constitution.hash} for i in kept_idx])
+    (out / "principles.json").write_text(json.dumps({k: dict(v) for k, v in sorted(per_principle.items())}, indent=2))
+    return {"prompts": len(prompts), "rounds": config.rounds, "revisions_total": sum(reasons.values()),
+            "revisions_kept": reasons["kept"], "filtered_empty": reasons["empty"],
+            "filtered_unchanged": reasons["unchanged"], "filtered_repeated": reasons["repeated"],
+            "prompts_with_revision": len(kept_idx), "constitution": constitution.name,
+            "constitution_hash": constitution.hash, "principles_used": len(per_principle)}
+
+
+def run(config: CritiqueReviseStageConfig, context: RunContext | None = None) -> StageResult:
+    return run_stage(STAGE, config, lambda: validate(config),
+                     lambda out, checked, ctx: revise(out, checked, ctx, config), context)
+
+
+if __name__ == "__main__":
+    cli(CritiqueReviseStageConfig, run, STAGE)
