@@ -234,6 +234,14 @@ class GenerateStageConfig(StageInput):
 
     prompts: DataSpec = Field(..., description="Prompts to answer (any format with a prompt).")
     engine: EngineSpec = Field(default_factory=EngineSpec)
+    num_samples: int = Field(1, ge=1, le=16, description="Responses per prompt (seeds seed, seed+1, ...).")
+
+    @model_validator(mode="after")
+    def _sampling(self) -> "GenerateStageConfig":
+        if self.num_samples > 1 and self.generation.temperature == 0:
+            raise ValueError(f"num_samples = {self.num_samples} needs generation.temperature > 0; greedy "
+                             "decoding would give the same response every time")
+        return self
 
 
 class CritiqueReviseSettings(Strict):
@@ -250,6 +258,23 @@ class CritiqueReviseStageConfig(StageInput, CritiqueReviseSettings):
     """Everything `alignment.stages.critique_revise.run` needs; `model` writes critiques and revisions."""
 
     initial: DataSpec = Field(..., description="Initial responses: prompt/completion rows (the generate stage).")
+
+
+class FeedbackSettings(Strict):
+    """RL-CAI: a feedback model labels response pairs by multiple choice over sampled principles."""
+
+    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
+    judge: JudgeSpec = Field(default_factory=lambda: JudgeSpec(calibration=None))
+    principles_per_pair: int = Field(4, ge=1, le=32, description="Principles sampled and ensembled per pair.")
+    chain_of_thought: bool = Field(False, description="Judge reasons first; labels then clamped to [0.4, 0.6].")
+    min_margin: float = Field(0.0, ge=0, lt=0.5, description="Drop pairs whose ensembled label is within this of 0.5.")
+    seed: int = Field(0, description="Seed for principle sampling.")
+
+
+class FeedbackStageConfig(StageInput, FeedbackSettings):
+    """Everything `alignment.stages.feedback.run` needs; `samples` has two or more responses per prompt."""
+
+    samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
 
 
 STAGES = ("baseline", "sft", "dpo", "evaluate")

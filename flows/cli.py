@@ -23,6 +23,7 @@ from alignment.constitution import ConstitutionError
 from alignment.data import DataError
 from alignment.models import ModelError
 from alignment.recipes import RecipeError, load_yaml_model, recipe_path
+from alignment.stages import ALL_STAGES
 from flows import server
 
 
@@ -58,19 +59,9 @@ def cmd_run(a) -> None:
 
 
 def cmd_stage(a) -> None:
-    from alignment.config import (
-        BaselineStageConfig,
-        CritiqueReviseStageConfig,
-        DPOStageConfig,
-        EvaluateStageConfig,
-        GenerateStageConfig,
-        SFTStageConfig,
-    )
-    from alignment.stages import runner
+    from alignment.stages import config_class, runner
 
-    cls = {"baseline": BaselineStageConfig, "sft": SFTStageConfig, "dpo": DPOStageConfig,
-           "evaluate": EvaluateStageConfig, "generate": GenerateStageConfig,
-           "critique_revise": CritiqueReviseStageConfig}[a.stage]
+    cls = config_class(a.stage)
     result = runner(a.stage)(load_yaml_model(a.config, cls, _parse_params(a.param)))
     print(json.dumps(result.to_dict(), indent=2, default=str))
 
@@ -239,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refresh", action="append", default=[], choices=list(STAGES))
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
-    s.add_argument("stage", choices=[*STAGES, "generate", "critique_revise"])
+    s.add_argument("stage", choices=ALL_STAGES)
     s.add_argument("--config", required=True)
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_stage)

@@ -3,7 +3,9 @@
 from alignment.artifacts import StageResult
 from alignment.stages.common import RunContext, artifact_key
 
-__all__ = ["RunContext", "StageResult", "artifact_key", "runner"]
+__all__ = ["ALL_STAGES", "RunContext", "StageResult", "artifact_key", "config_class", "runner"]
+
+ALL_STAGES = ("baseline", "sft", "dpo", "evaluate", "generate", "critique_revise", "feedback")
 
 
 def runner(stage: str):
@@ -11,3 +13,10 @@ def runner(stage: str):
     from importlib import import_module
 
     return import_module(f"alignment.stages.{stage}").run
+
+
+def config_class(stage: str):
+    """The pydantic config class of a stage (its module's ``CONFIG``)."""
+    from importlib import import_module
+
+    return import_module(f"alignment.stages.{stage}").CONFIG

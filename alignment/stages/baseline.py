@@ -9,6 +9,7 @@ from alignment.data import load_data
 from alignment.generation import answer_prompts, load_engine
 from alignment.stages.common import RunContext, cli, run_stage
 
+CONFIG = BaselineStageConfig
 STAGE = "baseline"
 
 

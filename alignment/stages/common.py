@@ -54,7 +54,8 @@ def _resolved(value: Any) -> Any:
 # The prompt templates each stage renders: their versions are part of its key, so editing a template
 # reruns exactly the stages that use it.
 PROMPTS_USED = {"evaluate": ("judge_pairwise.jinja", "judge_choice.jinja"),
-                "critique_revise": ("cai_critique.jinja", "cai_revision.jinja")}
+                "critique_revise": ("cai_critique.jinja", "cai_revision.jinja"),
+                "feedback": ("judge_choice.jinja",)}
 
 
 def identity(stage: str, config: BaseModel) -> dict[str, Any]:

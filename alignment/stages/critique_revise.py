@@ -26,6 +26,7 @@ from alignment.prompts import render, template_version
 from alignment.stages.common import RunContext, cli, run_stage
 from alignment.stages.generate import write_completions
 
+CONFIG = CritiqueReviseStageConfig
 STAGE = "critique_revise"
 
 

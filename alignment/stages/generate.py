@@ -11,6 +11,7 @@ from alignment.data import load_data
 from alignment.generation import load_engine
 from alignment.stages.common import RunContext, cli, run_stage
 
+CONFIG = GenerateStageConfig
 STAGE = "generate"
 OUTPUT = "completions.jsonl"
 
@@ -25,15 +26,18 @@ def write_completions(path: Path, prompts: list, texts: list[str], extra: list[d
 def generate(out: Path, data, context: RunContext, config: GenerateStageConfig) -> dict[str, Any]:
     prompts = [r["prompt"] for r in data.rows]
     engine = load_engine(config.model, config.engine)
-    try:
-        completions = engine.generate(prompts, config.generation)
+    try:  # one batched pass per sample, each with its own seed
+        passes = [engine.generate(prompts, config.generation.model_copy(update={"seed": config.generation.seed + k}))
+                  for k in range(config.num_samples)]
     finally:
         engine.close()
-    write_completions(out / OUTPUT, prompts, [c.text for c in completions])
+    completions = [p[i] for i in range(len(prompts)) for p in passes]  # grouped by prompt
+    write_completions(out / OUTPUT, [p for p in prompts for _ in passes], [c.text for c in completions],
+                      [{"sample": k} for _ in prompts for k in range(len(passes))])
     if context.progress:
         context.progress(1.0, {})
     tokens = [c.n_tokens for c in completions]
-    return {"prompts": len(prompts), "engine": engine.name, "mean_tokens": sum(tokens) / max(len(tokens), 1),
+    return {"prompts": len(prompts), "samples_per_prompt": config.num_samples, "engine": engine.name, "mean_tokens": sum(tokens) / max(len(tokens), 1),
             "empty": sum(not c.text for c in completions)}
 
 

@@ -16,6 +16,7 @@ from alignment.generation.hf import HFEngine
 from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
 from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
 
+CONFIG = SFTStageConfig
 STAGE = "sft"
 
 
