@@ -125,13 +125,21 @@ class EngineSpec(Strict):
     server_timeout_s: float = Field(300, gt=0, description="Managed server: seconds to wait for its health check.")
 
 
-class SFTSettings(Strict):
-    """The SFT part of a recipe (TRL `SFTTrainer`)."""
+class SFTOptions(Strict):
+    """How SFT trains (TRL `SFTTrainer`), whatever data it is given."""
 
-    data: DataSpec = Field(..., description="Instruction data: `messages` or `prompt`/`completion` rows.")
     train: TrainSpec = Field(default_factory=TrainSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     assistant_only_loss: bool = Field(True, description="Train only on completion/assistant tokens.")
+    mix_data: DataSpec | None = Field(None, description="Extra SFT data mixed in (e.g. helpful data next to "
+                                      "Constitutional AI revisions, so helpfulness is kept).")
+    mix_ratio: float = Field(0.5, ge=0, lt=1, description="Share of training rows drawn from mix_data.")
+
+
+class SFTSettings(SFTOptions):
+    """The SFT part of a recipe."""
+
+    data: DataSpec = Field(..., description="Instruction data: `messages` or `prompt`/`completion` rows.")
 
 
 class DPOLoss(StrEnum):
@@ -145,15 +153,20 @@ class DPOLoss(StrEnum):
     apo_down = "apo_down"
 
 
-class DPOSettings(Strict):
-    """The DPO part of a recipe (TRL `DPOTrainer`)."""
+class DPOOptions(Strict):
+    """How DPO trains (TRL `DPOTrainer`), whatever pairs it is given."""
 
-    data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` or HH-RLHF text.")
-    eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5))
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
     loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
+
+
+class DPOSettings(DPOOptions):
+    """The DPO part of a recipe."""
+
+    data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` or HH-RLHF text.")
+    eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
 
 
 class StageInput(Strict):
@@ -247,7 +260,6 @@ class GenerateStageConfig(StageInput):
 class CritiqueReviseSettings(Strict):
     """SL-CAI: rounds of critique → revision, one principle sampled per prompt and round (seeded)."""
 
-    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     rounds: int = Field(2, ge=1, le=8, description="Critique → revision rounds per prompt.")
     few_shot: int = Field(1, ge=0, le=8, description="Worked examples from the constitution shown first.")
     seed: int = Field(0, description="Seed for principle and example sampling.")
@@ -257,13 +269,13 @@ class CritiqueReviseSettings(Strict):
 class CritiqueReviseStageConfig(StageInput, CritiqueReviseSettings):
     """Everything `alignment.stages.critique_revise.run` needs; `model` writes critiques and revisions."""
 
+    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     initial: DataSpec = Field(..., description="Initial responses: prompt/completion rows (the generate stage).")
 
 
 class FeedbackSettings(Strict):
     """RL-CAI: a feedback model labels response pairs by multiple choice over sampled principles."""
 
-    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     judge: JudgeSpec = Field(default_factory=lambda: JudgeSpec(calibration=None))
     principles_per_pair: int = Field(4, ge=1, le=32, description="Principles sampled and ensembled per pair.")
     chain_of_thought: bool = Field(False, description="Judge reasons first; labels then clamped to [0.4, 0.6].")
@@ -274,6 +286,7 @@ class FeedbackSettings(Strict):
 class FeedbackStageConfig(StageInput, FeedbackSettings):
     """Everything `alignment.stages.feedback.run` needs; `samples` has two or more responses per prompt."""
 
+    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
 
 

@@ -130,18 +130,27 @@ def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     return table
 
 
-def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
-    """Create every UI artifact of one run; returns the headline numbers."""
-    for stage, result in results.items():
-        create_markdown_artifact(stage_markdown(stage, result, statuses[stage]), key=f"{stage}-summary",
-                                 description=f"{stage}: status, metrics, inputs and config")
+def key_of(label: str) -> str:
+    return label.replace("_", "-")  # artifact keys allow [a-z0-9-]
+
+
+def publish_stages(results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> None:
+    """Per task (label): its summary, its report if it wrote one, its training curves if it trained."""
+    for label, result in results.items():
+        stage, key = result["stage"], key_of(label)
+        create_markdown_artifact(stage_markdown(label, result, statuses[label]), key=f"{key}-summary",
+                                 description=f"{label}: status, metrics, inputs and config")
         report = Path(result["path"]) / "report.md"
         if report.is_file():
-            create_markdown_artifact(report.read_text(), key=f"{stage}-report",
-                                     description=f"{stage}: the readable report")
+            create_markdown_artifact(report.read_text(), key=f"{key}-report", description=f"{label}: the readable report")
         if stage in CURVE_KEYS:
-            create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{stage}-curves",
-                                     description=f"{stage}: training curves")
+            create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{key}-curves",
+                                     description=f"{label}: training curves")
+
+
+def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
+    """Create every UI artifact of one sft-to-dpo run; returns the headline numbers."""
+    publish_stages(results, statuses)
     table = responses_table(results)
     if table:
         create_table_artifact(table, key=f"{flow}-responses",

@@ -38,8 +38,8 @@ def stage_cache_key(ctx, params: dict[str, Any]) -> str:
 
 def _progress_hook(stage: str):
     """Create a progress artifact for `stage` and return a throttled updater (at most one call a second)."""
-    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage}-progress",
-                                           description=f"{stage}: training progress")
+    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage.replace('_', '-')}-progress",
+                                           description=f"{stage}: progress")
     logger = get_run_logger()
     last = [0.0]
 
@@ -57,19 +57,20 @@ def _progress_hook(stage: str):
 
 
 def _run_stage(config) -> dict[str, Any]:
-    stage = get_run_context().task.name
     ctx = get_run_context()
+    stage, label = ctx.task.name, ctx.task_run.name
     run = {"flow_run_id": str(ctx.task_run.flow_run_id), "task_run_id": str(ctx.task_run.id)}
-    result = runner(stage)(config, RunContext(run=run, progress=_progress_hook(stage)))
+    result = runner(stage)(config, RunContext(run=run, progress=_progress_hook(label)))
     get_run_logger().info("%s: %s artifact %s at %s", stage, "reused" if result.reused else "wrote",
                           result.key, result.path)
     return result.to_dict()
 
 
-def stage_task(stage: str, refresh: bool = False):
-    """The Prefect task for `stage`; `refresh=True` skips the cache lookup (the config carries a salt)."""
+def stage_task(stage: str, refresh: bool = False, label: str | None = None):
+    """The Prefect task for `stage` (shown as `label` when a flow runs a stage twice); `refresh=True`
+    skips the cache lookup (the config carries a salt)."""
     return task(
-        _run_stage, name=stage, task_run_name=stage, cache_key_fn=stage_cache_key, persist_result=True,
+        _run_stage, name=stage, task_run_name=label or stage, cache_key_fn=stage_cache_key, persist_result=True,
         result_serializer="json", refresh_cache=refresh,
         description=f"The {stage} stage (alignment.stages.{stage}.run), cached on its artifact key.",
     )

@@ -5,6 +5,7 @@ works with any chat template. Output: ``model/`` (merged, safetensors), ``adapte
 ``samples.jsonl``, ``curves.jsonl``, ``manifest.json``.
 """
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,23 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": msgs[:last], "completion": [msgs[last]]}
 
 
-def validate(config: SFTStageConfig) -> tuple[LoadedData, LoadedData | None]:
+def validate(config: SFTStageConfig) -> tuple[LoadedData, LoadedData | None, LoadedData | None]:
     train = load_data(config.data, "sft")
+    mix = load_data(config.mix_data, "sft") if config.mix_data else None
     prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
-    return train, prompts
+    return train, prompts, mix
+
+
+def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int) -> list[dict[str, Any]]:
+    """`data` plus a seeded sample of `mix` so that `mix` makes up `ratio` of the rows (as far as it has rows)."""
+    rows = [to_prompt_completion(r) for r in data.rows]
+    if mix is None or ratio == 0:
+        return rows
+    want = min(len(mix.rows), round(ratio / (1 - ratio) * len(rows)))
+    extra = random.Random(seed).sample(mix.rows, want)
+    combined = rows + [to_prompt_completion(r) for r in extra]
+    random.Random(seed + 1).shuffle(combined)
+    return combined
 
 
 def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: RunContext,
@@ -40,8 +54,8 @@ def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: Run
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data, prompts = checked
-    rows = [to_prompt_completion(r) for r in data.rows]
+    data, prompts, mix = checked
+    rows = mixed_rows(data, mix, config.mix_ratio, config.train.seed)
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
     history: list[dict[str, Any]] = []
@@ -53,7 +67,7 @@ def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: Run
     write_curves(out, history)
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
-        "train_rows": len(rows), "steps": result.global_step, "train_loss": result.training_loss,
+        "train_rows": len(rows), "mix_rows": len(rows) - len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": effective_mode(config.adapter).value,
         "data_format": data.format.value,
