@@ -41,8 +41,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def canonical(obj: Any) -> Any:
+    """Equal values hash equally: 300 and 300.0 (a default vs the same value read back from JSON) alike."""
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [canonical(v) for v in obj]
+    return obj
+
+
 def sha256_json(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(canonical(obj), sort_keys=True, separators=(",", ":"),
+                                     default=str).encode()).hexdigest()
 
 
 @lru_cache(maxsize=1)

@@ -122,7 +122,7 @@ class EngineSpec(Strict):
         None, description="vLLM: skip graph compilation (None: eager on CPU, where it starts ~4× faster).")
     static_cache: Literal["auto", "on", "off"] = Field(
         "auto", description="hf: static KV cache (compiled); `auto` uses it on a GPU for batches of 32 or more.")
-    server_timeout_s: float = Field(300, gt=0, description="Managed server: seconds to wait for its health check.")
+    server_timeout_s: float = Field(300.0, gt=0, description="Managed server: seconds to wait for its health check.")
 
 
 class SFTOptions(Strict):
@@ -322,3 +322,30 @@ class SftToDpoRecipe(Strict):
         settings = {"sft": self.sft, "dpo": self.dpo}[stage]
         cls = {"sft": SFTStageConfig, "dpo": DPOStageConfig}[stage]
         return cls(**common, **dict(settings))
+
+
+class ConstitutionalAIRecipe(Strict):
+    """The `constitutional-ai` flow (Bai et al. 2022): initial answers → SL-CAI critique → revision → SFT
+    (mixed with helpful data) → two samples per prompt → RL-CAI feedback → DPO → evaluation."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The helpful model to start from.")
+    constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
+    redteam_prompts: DataSpec = Field(..., description="Training prompts to answer, critique and revise.")
+    eval_prompts: DataSpec = Field(..., description="Held-out prompts for responses and evaluation.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec,
+                                       description="Initial answers, critiques and revisions.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine for all generation.")
+    critique: CritiqueReviseSettings = Field(default_factory=CritiqueReviseSettings)
+    sft: SFTOptions = Field(default_factory=lambda: SFTOptions(
+        mix_data=DataSpec(path="data/sft_train.jsonl"), mix_ratio=0.5))
+    samples: GenerationSpec = Field(default_factory=lambda: GenerationSpec(temperature=0.8),
+                                    description="Sampling of the two responses per prompt that feedback compares.")
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+    evaluate: EvaluateSettings | None = Field(default_factory=EvaluateSettings)
+
+    @model_validator(mode="after")
+    def _samples_vary(self) -> "ConstitutionalAIRecipe":
+        if self.samples.temperature == 0:
+            raise ValueError("samples.temperature: 0 would make both responses of a pair identical; use > 0")
+        return self

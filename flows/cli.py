@@ -18,7 +18,6 @@ import json
 import sys
 from typing import Any
 
-from alignment.config import STAGES, SftToDpoRecipe
 from alignment.constitution import ConstitutionError
 from alignment.data import DataError
 from alignment.models import ModelError
@@ -41,18 +40,18 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
-    server.ensure_serving(a.recipe)
+    server.ensure_serving(a.recipe, a.cai_recipe)
     st = server.status()
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of recipe {a.recipe!r}; "
           f"logs in {st['logs']}\nRun:  prefect deployment run sft-to-dpo/sft-to-dpo --watch")
 
 
 def cmd_run(a) -> None:
-    recipe = load_yaml_model(recipe_path(a.recipe), SftToDpoRecipe, _parse_params(a.param))
-    server.ensure_server()
-    from flows.sft_to_dpo import sft_to_dpo
+    from flows.registry import flow_function, load_recipe
 
-    state = sft_to_dpo(recipe=recipe, refresh=a.refresh, return_state=True)
+    flow, recipe = load_recipe(a.recipe, _parse_params(a.param))
+    server.ensure_server()
+    state = flow_function(flow)(recipe=recipe, refresh=a.refresh, return_state=True)
     summary(str(state.state_details.flow_run_id))
     if not state.is_completed():
         sys.exit(1)
@@ -158,12 +157,13 @@ def cmd_status(a) -> None:
 
 
 def cmd_validate(a) -> None:
-    from flows.sft_to_dpo import preflight
+    from flows.registry import load_recipe, preflight
 
     names = a.recipes or sorted(p.stem for p in recipe_path("sft-to-dpo").parent.glob("*.yaml"))
     for name in names:
-        preflight(load_yaml_model(recipe_path(name), SftToDpoRecipe))
-        print(f"ok  {recipe_path(name)}")
+        flow, recipe = load_recipe(name)
+        preflight(flow, recipe)
+        print(f"ok  {recipe_path(name)}  ({flow})")
 
 
 def cmd_model(a) -> None:
@@ -174,7 +174,9 @@ def cmd_model(a) -> None:
 
 
 def cmd_recipe(a) -> None:
-    recipe = load_yaml_model(recipe_path(a.recipe), SftToDpoRecipe, _parse_params(a.param))
+    from flows.registry import load_recipe
+
+    _, recipe = load_recipe(a.recipe, _parse_params(a.param))
     print(json.dumps({"recipe": recipe.model_dump(mode="json")}) if a.json else recipe.model_dump_json(indent=2))
 
 
@@ -222,12 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="start the server (if needed) and serve deployments in the background")
-    s.add_argument("--recipe", default="sft-to-dpo")
+    s.add_argument("--recipe", default="sft-to-dpo", help="recipe the sft-to-dpo deployments serve")
+    s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
     s.set_defaults(fn=cmd_serve)
-    s = sub.add_parser("run", help="run the sft-to-dpo flow in this process")
+    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo or constitutional-ai) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
-    s.add_argument("--refresh", action="append", default=[], choices=list(STAGES))
+    s.add_argument("--refresh", action="append", default=[],
+                   help="stage (sft-to-dpo) or step (constitutional-ai) to force, e.g. dpo or feedback")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
     s.add_argument("stage", choices=ALL_STAGES)

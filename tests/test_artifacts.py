@@ -57,3 +57,13 @@ def test_builtin_model_identity_needs_no_weights():
     assert model_identity(ModelSpec())["gguf_sha256"].startswith("b179c952")
     assert model_identity(ModelSpec(name="org/model", revision="v1")) == {"dtype": "auto", "hub": "org/model",
                                                                            "revision": "v1"}
+
+
+def test_key_survives_a_json_round_trip(tiny_recipe):
+    """Flow parameters come back from the server as JSON: 300 and 300.0 must hash the same."""
+    from alignment.config import SftToDpoRecipe
+
+    again = SftToDpoRecipe.model_validate_json(tiny_recipe.model_dump_json())
+    for stage in ("sft", "evaluate"):
+        assert artifact_key(stage, tiny_recipe.stage_config(stage)) == artifact_key(stage, again.stage_config(stage))
+    assert stage_key("x", {"a": 300}) == stage_key("x", {"a": 300.0}) != stage_key("x", {"a": 300.5})

@@ -10,17 +10,19 @@ RECIPES = sorted((ROOT / "flows" / "recipes").rglob("*.yaml"))
 
 
 def test_there_are_recipes():
-    assert {p.stem for p in RECIPES} >= {"sft-to-dpo", "tiny"}
+    assert {p.stem for p in RECIPES} >= {"sft-to-dpo", "tiny", "constitutional-ai", "constitutional-ai-tiny"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_validates_with_its_data(path):
-    from flows.sft_to_dpo import preflight
+    from flows.registry import load_recipe, preflight
 
     text = path.read_text()
     assert text.startswith("#") and ("alignment run" in text or "prefect deployment run" in text), \
         "a recipe starts with the command that runs it"
-    preflight(load_yaml_model(path, SftToDpoRecipe))
+    flow, recipe = load_recipe(str(path))
+    assert flow == ("constitutional-ai" if path.stem.startswith("constitutional-ai") else "sft-to-dpo")
+    preflight(flow, recipe)
 
 
 def _broken(tmp_path, old, new):

@@ -1,0 +1,41 @@
+"""Which flow a recipe belongs to: recipes named ``constitutional-ai*.yaml`` drive the constitutional-ai
+flow, every other recipe drives sft-to-dpo. One place that maps names to flows, recipe models and
+preflight checks, for the CLI, the serve process and the tests."""
+
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from alignment.config import ConstitutionalAIRecipe, SftToDpoRecipe
+from alignment.recipes import load_yaml_model, recipe_path
+
+FLOWS: dict[str, tuple[str, str, type[BaseModel]]] = {
+    "sft-to-dpo": ("flows.sft_to_dpo", "sft_to_dpo", SftToDpoRecipe),
+    "constitutional-ai": ("flows.constitutional_ai", "constitutional_ai", ConstitutionalAIRecipe),
+}
+DEFAULT_RECIPE = {"sft-to-dpo": "sft-to-dpo", "constitutional-ai": "constitutional-ai"}
+
+
+def flow_name_for(path: Path) -> str:
+    return "constitutional-ai" if Path(path).stem.startswith("constitutional-ai") else "sft-to-dpo"
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[str, BaseModel]:
+    path = recipe_path(name_or_path)
+    flow = flow_name_for(path)
+    return flow, load_yaml_model(path, FLOWS[flow][2], overrides)
+
+
+def flow_module(flow: str):
+    return import_module(FLOWS[flow][0])
+
+
+def flow_function(flow: str):
+    module, fn, _ = FLOWS[flow]
+    return getattr(import_module(module), fn)
+
+
+def preflight(flow: str, recipe: BaseModel) -> None:
+    flow_module(flow).preflight(recipe)
