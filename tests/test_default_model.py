@@ -50,6 +50,7 @@ def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):
     assert m["heldout_rewards_margins"] > 0 and m["heldout_rewards_accuracies"] > 0.6
 
 
+@pytest.mark.timeout(2400)  # about 9 minutes alone on 2 cores; more when the machine is shared
 def test_main_job_on_the_default_model(prefect_harness, store):
     """The quick start's flow and recipe, in-process: SFT then DPO on the real model and sample data."""
     from alignment.config import SftToDpoRecipe
