@@ -14,7 +14,7 @@ def principle_table(revised: dict[str, Any], constitution: Constitution) -> list
     stats = json.loads((Path(revised["path"]) / "principles.json").read_text())
     texts = {p.id: p.critique for p in constitution.principles}
     return [{"principle": pid, "used": s.get("used", 0), "kept": s.get("kept", 0), "empty": s.get("empty", 0),
-             "unchanged": s.get("unchanged", 0), "repeated": s.get("repeated", 0),
+             "unchanged": s.get("unchanged", 0), "copied": s.get("copied", 0), "repeated": s.get("repeated", 0),
              "critique request": (texts.get(pid) or "")[:120]} for pid, s in stats.items()]
 
 
@@ -40,14 +40,16 @@ def publish(revised: dict[str, Any], constitution: Constitution, markdown, table
         f"# critique → revision: {m['revisions_kept']} of {m['revisions_total']} revisions kept", "",
         f"- constitution `{constitution.name}` v{constitution.version}, hash `{constitution.hash}`",
         f"- {m['prompts']} prompts × {m['rounds']} rounds; {m['prompts_with_revision']} prompts have a revision",
-        f"- filtered: {m['filtered_empty']} empty, {m['filtered_unchanged']} unchanged, {m['filtered_repeated']} repetitive",
+        f"- filtered: {m['filtered_empty']} empty, {m['filtered_unchanged']} unchanged, "
+        f"{m.get('filtered_copied', 0)} copied (critique or example), {m['filtered_repeated']} repetitive",
     ]), key="cai-revision-stats", description="SL-CAI revision statistics")
 
 
 def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     cr = results.get("critique_revise", {}).get("metrics", {})
-    for k in ("revisions_total", "revisions_kept", "filtered_empty", "filtered_unchanged", "filtered_repeated"):
+    for k in ("revisions_total", "revisions_kept", "filtered_empty", "filtered_unchanged", "filtered_copied",
+              "filtered_repeated"):
         if k in cr:
             out[k] = cr[k]
     fb = results.get("feedback", {}).get("metrics", {})

@@ -82,8 +82,9 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
         **{**dict(recipe.critique), "engine": recipe.engine}, **common))
     if revised["metrics"]["prompts_with_revision"] == 0:
         m = revised["metrics"]
-        raise ValueError(f"critique_revise kept no revision ({m['filtered_empty']} empty, {m['filtered_unchanged']} "
-                         f"unchanged, {m['filtered_repeated']} repetitive of {m['revisions_total']}): nothing to "
+        raise ValueError(f"critique_revise kept no revision ({m['filtered_empty']} empty, {m['filtered_unchanged']} unchanged, "
+                         f"{m.get('filtered_copied', 0)} copied, {m['filtered_repeated']} repetitive of "
+                         f"{m['revisions_total']}): nothing to "
                          "fine-tune on; see the cai-revisions table and try more rounds, a larger "
                          "generation.max_new_tokens or a stronger model")
     sl = run("sl_cai", "sft", SFTStageConfig(model=recipe.model, data=at(revised, "sft.jsonl"),

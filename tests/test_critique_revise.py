@@ -34,9 +34,11 @@ def test_principle_sampling_is_seeded_and_order_independent():
 
 
 @pytest.mark.parametrize("rev,prev,reason", [("", "x", "empty"), ("  Same  text ", "same text", "unchanged"),
-                                              ("go now " * 6, "x", "repeated"), ("A better answer.", "bad", None)])
+                                              ("go now " * 6, "x", "repeated"), ("A better answer.", "bad", None),
+                                              ("The critique, again.", "bad", "copied"),
+                                              ("An example revision.", "bad", "copied")])
 def test_degenerate(rev, prev, reason):
-    assert degenerate(rev, prev) == reason
+    assert degenerate(rev, prev, "the critique,  again.", ("an example revision.",)) == reason
 
 
 class Scripted:

@@ -4,7 +4,8 @@ For each prompt and its initial response, ``rounds`` times: sample a principle (
 prompt index and round always pick the same one), ask the model for a critique with the principle's
 critique request, then for a revision with its revision request, showing ``few_shot`` worked examples
 from the constitution first. The last revision is the SFT target. Degenerate revisions (empty,
-unchanged from the text they revise, or repetitive) are filtered and counted, per principle.
+unchanged from the text they revise, a copy of the critique or of a worked example, or repetitive) are
+filtered and counted, per principle.
 
 Outputs: ``revisions.jsonl`` (every prompt with all rounds and provenance: constitution hash, principle
 ids, template versions, round), ``sft.jsonl`` (kept rows as prompt/completion), ``principles.json``
@@ -35,13 +36,22 @@ def sample_principle(principles: list[Principle], seed: int, row: int, round_: i
     return random.Random(f"{seed}:{row}:{round_}").choice(principles)
 
 
-def degenerate(revision: str, previous: str) -> str | None:
-    """Why a revision is unusable ("empty", "unchanged", "repeated"), or None if it is fine."""
+def _norm(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def degenerate(revision: str, previous: str, critique: str = "", examples: tuple[str, ...] = ()) -> str | None:
+    """Why a revision is unusable, or None if it is fine: "empty"; "unchanged" (same as the text it
+    revises); "copied" (it repeats the critique or a worked example instead of answering: small models do
+    this); "repeated" (mostly one phrase over and over)."""
     text = revision.strip()
     if not text:
         return "empty"
-    if " ".join(text.lower().split()) == " ".join(previous.strip().lower().split()):
+    norm = _norm(text)
+    if norm == _norm(previous):
         return "unchanged"
+    if (critique and norm == _norm(critique)) or any(norm == _norm(e) for e in examples):
+        return "copied"
     words = text.lower().split()
     trigrams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     if len(trigrams) >= 6 and len(set(trigrams)) / len(trigrams) < 0.5:  # mostly the same phrase again
@@ -80,6 +90,7 @@ def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageC
     prompts = [r["prompt"] for r in rows]
     current = [r["completion"][-1]["content"] if isinstance(r["completion"], list) else r["completion"] for r in rows]
     initial = list(current)
+    example_texts = tuple(t for ex in constitution.critique_examples for t in (ex.critique, ex.revision))
     history: list[list[dict]] = [[] for _ in rows]
     engine = load_engine(config.model, config.engine)
     try:
@@ -96,7 +107,7 @@ def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageC
                          for i, (c, crit, p) in enumerate(zip(crit_chats, critiques, chosen, strict=True))]
             revisions = [c.text for c in engine.generate(rev_chats, config.generation)]
             for i, (p, crit, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
-                reason = degenerate(rev, current[i])
+                reason = degenerate(rev, current[i], crit, example_texts)
                 history[i].append({"round": rnd, "principle_id": p.id, "critique": crit, "revision": rev,
                                    "filtered": reason})
                 if reason is None:
@@ -133,6 +144,7 @@ def summarise(out: Path, config, constitution: Constitution, prompts, initial, f
     return {"prompts": len(prompts), "rounds": config.rounds, "revisions_total": sum(reasons.values()),
             "revisions_kept": reasons["kept"], "filtered_empty": reasons["empty"],
             "filtered_unchanged": reasons["unchanged"], "filtered_repeated": reasons["repeated"],
+            "filtered_copied": reasons["copied"],
             "prompts_with_revision": len(kept_idx), "constitution": constitution.name,
             "constitution_hash": constitution.hash, "principles_used": len(per_principle)}
 
