@@ -304,14 +304,12 @@ class SftToDpoRecipe(Strict):
     evaluate: EvaluateSettings | None = Field(default_factory=EvaluateSettings,
                                               description="Evaluation after DPO against the SFT model; null skips it.")
 
-    def stage_config(self, stage: str, model: ModelSpec | None = None, refresh_token: str | None = None,
-                     reference: ModelSpec | None = None):
+    def stage_config(self, stage: str, model: ModelSpec | None = None, reference: ModelSpec | None = None):
         """The config of one stage; `model` is the upstream artifact to start from (default: base)."""
         common = {
             "model": model or self.model,
             "eval_prompts": self.eval_prompts,
             "generation": self.generation,
-            "refresh_token": refresh_token,
         }
         if stage == "baseline":
             return BaselineStageConfig(**common)

@@ -13,9 +13,8 @@ the initial answers come from cache. No ML logic here; stages live in ``alignmen
 # No `from __future__ import annotations`: Prefect needs real annotations for pydantic parameters.
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import flow_run
 
 from alignment.config import (
     ConstitutionalAIRecipe,
@@ -31,7 +30,7 @@ from alignment.constitution import load_constitution
 from alignment.data import load_data
 from alignment.recipes import validate_model
 from flows import cai_reports, reports
-from flows.tasks import stage_task
+from flows.tasks import Chain
 
 FLOW = "constitutional-ai"
 STEPS = ("initial", "critique_revise", "sl_cai", "samples", "feedback", "rl_cai", "evaluate_sl", "evaluate_rl")
@@ -53,20 +52,11 @@ def preflight(recipe: ConstitutionalAIRecipe) -> None:
       description="Constitutional AI: critique → revision (SL-CAI), AI feedback (RL-CAI), DPO, evaluation.")
 def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None = None,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    logger = get_run_logger()
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), ConstitutionalAIRecipe, "overrides", overrides=overrides)
-    refresh = list(refresh or [])
     preflight(recipe)
-    states, results = {}, {}
-
-    def run(label: str, stage: str, config) -> dict[str, Any]:
-        salt = f"refresh:{flow_run.id}" if label in refresh else None
-        config = config.model_copy(update={"refresh_token": salt})
-        state = stage_task(stage, refresh=label in refresh, label=label)(config, return_state=True)
-        results[label], states[label] = state.result(), state.name
-        logger.info("%s: %s (artifact %s)", label, state.name, results[label]["key"])
-        return results[label]
+    chain = Chain(list(refresh or []))
+    run = chain.run
 
     def at(result: dict, name: str) -> DataSpec:
         return DataSpec(path=f"{result['path']}/{name}")
@@ -102,8 +92,7 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
                                                            **dict(recipe.evaluate), **common))
         run("evaluate_rl", "evaluate", EvaluateStageConfig(model=model_of(rl), reference=model_of(sl),
                                                            **dict(recipe.evaluate), **common))
-    reports.publish_stages(results, states)
+    reports.publish_stages(chain.results, chain.states)
     cai_reports.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
                         create_table_artifact)
-    return {"stages": {k: {"status": states[k], "key": r["key"], "path": r["path"]} for k, r in results.items()},
-            "metrics": cai_reports.headline(results)}
+    return {"stages": chain.summary(), "metrics": cai_reports.headline(chain.results)}

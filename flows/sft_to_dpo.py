@@ -12,15 +12,14 @@ publishes the UI artifacts at flow level so they show even when every stage is c
 # No `from __future__ import annotations`: Prefect needs real annotations for pydantic parameters.
 from typing import Any, Literal
 
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
+from prefect import flow
 
-from alignment.config import STAGES, SftToDpoRecipe
+from alignment.config import SftToDpoRecipe
 from alignment.data import load_data
 from alignment.recipes import validate_model
 from alignment.stages import dpo, evaluate, sft
 from flows import reports
-from flows.tasks import stage_task
+from flows.tasks import Chain
 
 FLOW = "sft-to-dpo"
 Stage = Literal["baseline", "sft", "dpo", "evaluate"]
@@ -40,30 +39,17 @@ def preflight(recipe: SftToDpoRecipe) -> None:
 def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Stage] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) baseline, SFT, DPO and evaluate; `refresh` forces stages; `overrides` sets dotted keys."""
-    logger = get_run_logger()
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), SftToDpoRecipe, "overrides", overrides=overrides)
-    refresh = list(refresh or [])
     preflight(recipe)
-    salt = {s: f"refresh:{flow_run.id}" if s in refresh else None for s in STAGES}
-
-    states, results = {}, {}
-
-    def run(stage: str, config) -> dict[str, Any]:
-        state = stage_task(stage, refresh=stage in refresh)(config, return_state=True)
-        results[stage], states[stage] = state.result(), state.name
-        logger.info("%s: %s (artifact %s)", stage, state.name, results[stage]["key"])
-        return results[stage]
-
-    run("baseline", recipe.stage_config("baseline", refresh_token=salt["baseline"]))
-    sft_result = run("sft", recipe.stage_config("sft", refresh_token=salt["sft"]))
+    chain = Chain(list(refresh or []))
+    chain.run("baseline", "baseline", recipe.stage_config("baseline"))
+    sft_result = chain.run("sft", "sft", recipe.stage_config("sft"))
     sft_model = recipe.model.model_copy(update={"name": sft_result["path"]})
-    dpo_result = run("dpo", recipe.stage_config("dpo", model=sft_model, refresh_token=salt["dpo"]))
+    dpo_result = chain.run("dpo", "dpo", recipe.stage_config("dpo", model=sft_model))
     if recipe.evaluate is not None:
         dpo_model = recipe.model.model_copy(update={"name": dpo_result["path"]})
-        run("evaluate", recipe.stage_config("evaluate", model=dpo_model, reference=sft_model,
-                                            refresh_token=salt["evaluate"]))
+        chain.run("evaluate", "evaluate", recipe.stage_config("evaluate", model=dpo_model, reference=sft_model))
 
-    headline = reports.publish(FLOW, results, states)
-    return {"stages": {s: {"status": states[s], "key": r["key"], "path": r["path"]} for s, r in results.items()},
-            "metrics": headline}
+    headline = reports.publish(FLOW, chain.results, chain.states)
+    return {"stages": chain.summary(), "metrics": headline}

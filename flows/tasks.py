@@ -74,3 +74,26 @@ def stage_task(stage: str, refresh: bool = False, label: str | None = None):
         result_serializer="json", refresh_cache=refresh,
         description=f"The {stage} stage (alignment.stages.{stage}.run), cached on its artifact key.",
     )
+
+
+class Chain:
+    """Runs a flow's stage tasks in order, keeping each one's result and final state by label. A label
+    in `refresh` gets a salted config (new artifact key) and skips the cache lookup."""
+
+    def __init__(self, refresh: list[str]):
+        self.refresh = refresh
+        self.results: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, str] = {}
+
+    def run(self, label: str, stage: str, config) -> dict[str, Any]:
+        from prefect.runtime import flow_run
+
+        forced = label in self.refresh
+        config = config.model_copy(update={"refresh_token": f"refresh:{flow_run.id}" if forced else None})
+        state = stage_task(stage, refresh=forced, label=label)(config, return_state=True)
+        self.results[label], self.states[label] = state.result(), state.name
+        get_run_logger().info("%s: %s (artifact %s)", label, state.name, self.results[label]["key"])
+        return self.results[label]
+
+    def summary(self) -> dict[str, dict[str, str]]:
+        return {k: {"status": self.states[k], "key": r["key"], "path": r["path"]} for k, r in self.results.items()}

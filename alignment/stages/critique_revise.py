@@ -100,12 +100,15 @@ def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageC
                     [{"role": "assistant", "content": current[i]}] for i, p in enumerate(chosen)]
             crit_chats = [b + [{"role": "user", "content": render("cai_critique.jinja", request=p.render(
                 "critique", prompt=prompts[i][-1]["content"], response=current[i]))}] for i, (b, p) in enumerate(zip(base, chosen, strict=True))]
-            critiques = [c.text for c in engine.generate(crit_chats, config.generation)]
+            # distinct, reproducible seeds per round and kind: reusing the initial answers' seed would
+            # replay the same sampling noise for critiques and revisions
+            seeded = [config.generation.model_copy(update={"seed": config.generation.seed + 2 * rnd + k}) for k in (1, 2)]
+            critiques = [c.text for c in engine.generate(crit_chats, seeded[0])]
             rev_chats = [c + [{"role": "assistant", "content": crit},
                               {"role": "user", "content": render("cai_revision.jinja", request=p.render(
                                   "revision", prompt=prompts[i][-1]["content"], response=current[i]))}]
                          for i, (c, crit, p) in enumerate(zip(crit_chats, critiques, chosen, strict=True))]
-            revisions = [c.text for c in engine.generate(rev_chats, config.generation)]
+            revisions = [c.text for c in engine.generate(rev_chats, seeded[1])]
             for i, (p, crit, rev) in enumerate(zip(chosen, critiques, revisions, strict=True)):
                 reason = degenerate(rev, current[i], crit, example_texts)
                 history[i].append({"round": rnd, "principle_id": p.id, "critique": crit, "revision": rev,
