@@ -116,7 +116,9 @@ class EngineSpec(Strict):
         "managed `vllm serve` on 127.0.0.1 for the run and stops it afterwards.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the "
                              "endpoint's key (the key itself never goes into a config, log or artifact).")
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=0.95, description="vLLM: share of GPU memory it may take.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=0.95, description="vLLM: share of device memory it reserves. Unset: 0.5 on a GPU; on "
+        "a CPU (where it is a share of system memory) 8 GiB worth, so it starts beside other work.")
     max_model_len: int = Field(2048, ge=64, description="vLLM: longest prompt + completion in tokens.")
     enforce_eager: bool | None = Field(
         None, description="vLLM: skip graph compilation (None: eager on CPU, where it starts ~4× faster).")

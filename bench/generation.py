@@ -69,7 +69,8 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--new", type=int, default=64)
-    p.add_argument("--vllm-mem", type=float, default=0.3, help="vLLM memory share (CPU: of system memory)")
+    p.add_argument("--vllm-mem", type=float, default=None, help="vLLM memory share (CPU: of system memory); "
+                   "unset: the engine's default")
     p.add_argument("--random-shape", choices=["135m", "1.7b", "tiny"],
                    help="build a random-weight SmolLM2-shaped model (throughput does not depend on weights)")
     p.add_argument("--tok", help="tokenizer dir for --random-shape (e.g. ../shared/bench/tok)")

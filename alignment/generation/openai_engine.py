@@ -21,6 +21,7 @@ import httpx
 
 from alignment.config import EngineSpec, GenerationSpec, ModelSpec
 from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
+from alignment.generation.vllm_engine import memory_share
 
 
 class ServerError(RuntimeError):
@@ -75,7 +76,7 @@ class ManagedVLLMServer:
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_path,
                "--served-model-name", self.name, "--host", "127.0.0.1", "--port", str(self.port),
                "--max-model-len", str(self.spec.max_model_len), "--dtype", self.dtype,
-               "--gpu-memory-utilization", str(self.spec.gpu_memory_utilization), "--seed", "0"]
+               "--gpu-memory-utilization", str(memory_share(self.spec)), "--seed", "0"]
         return cmd + (["--enforce-eager"] if self.spec.enforce_eager in (None, True) else [])
 
     def start(self) -> "ManagedVLLMServer":

@@ -11,6 +11,22 @@ import os
 from alignment.config import EngineSpec, GenerationSpec, ModelSpec
 from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
 
+CPU_VLLM_BYTES = 8 * 1024**3  # default reservation on CPU (weights, activations and KV cache): measured to fit 135M
+
+
+def memory_share(spec: EngineSpec) -> float:
+    """`gpu_memory_utilization` to pass: the configured value, else 0.5 on a GPU and 4 GiB worth of
+    system memory on a CPU (0.5 of a 24 GiB machine fails as soon as other processes hold memory)."""
+    if spec.gpu_memory_utilization is not None:
+        return spec.gpu_memory_utilization
+    import torch
+
+    if torch.cuda.is_available():
+        return 0.5
+    import psutil
+
+    return round(min(0.5, CPU_VLLM_BYTES / psutil.virtual_memory().total), 3)
+
 
 class VLLMEngine:
     name = "vllm"
@@ -33,7 +49,7 @@ class VLLMEngine:
         eager = spec.enforce_eager if spec.enforce_eager is not None else not torch.cuda.is_available()
         llm = LLM(model=resolve_model_path(model), revision=model.revision, dtype=dtype, seed=0,
                   trust_remote_code=model.trust_remote_code, max_model_len=spec.max_model_len,
-                  gpu_memory_utilization=spec.gpu_memory_utilization, enforce_eager=eager)
+                  gpu_memory_utilization=memory_share(spec), enforce_eager=eager)
         return cls(llm, spec)
 
     def generate(self, chats: list[Chat], spec: GenerationSpec, logprobs: bool = False) -> list[Completion]:
