@@ -199,14 +199,25 @@ def _preference_row(row: dict, where: str) -> dict[str, Any]:
         prompt = _messages(row["prompt"], "prompt", where, allow_text=True)
         if isinstance(prompt, str) != isinstance(chosen, str):
             raise DataError(f"{where}: 'prompt' and 'chosen' must both be text or both be message lists")
-        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_soft_label(row, where)}
     if isinstance(chosen, str):
         raise DataError(f"{where}: text preference rows need a 'prompt' field (or use HH-RLHF text)")
     prompt, c, r = _split_implicit(chosen, rejected)
     if not prompt:
         raise DataError(f"{where}: implicit-prompt row: 'chosen' and 'rejected' share no leading turns; "
                         "add a 'prompt' field")
-    return {"prompt": prompt, "chosen": c, "rejected": r}
+    return {"prompt": prompt, "chosen": c, "rejected": r, **_soft_label(row, where)}
+
+
+def _soft_label(row: dict, where: str) -> dict[str, float]:
+    """The optional ``soft_label`` (P(chosen is better)) that AI-feedback rows carry, checked."""
+    if row.get("soft_label") is None:
+        return {}
+    v = row["soft_label"]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise DataError(f"{where}: field 'soft_label' is {v!r}; expected a number in [0, 1] "
+                        "(the probability that 'chosen' is better) or no such field")
+    return {"soft_label": float(v)}
 
 
 def _normalise(row: Any, fmt: DataFormat, kind: Kind, where: str) -> dict[str, Any]:

@@ -223,14 +223,14 @@ def effective_mode(adapter: AdapterSpec) -> AdapterMode:
     return AdapterMode.full if torch.cuda.is_available() else AdapterMode.lora
 
 
-def peft_config(adapter: AdapterSpec):
-    """A PEFT LoraConfig, or None for full fine-tuning."""
+def peft_config(adapter: AdapterSpec, task_type: str = "CAUSAL_LM"):
+    """A PEFT LoraConfig, or None for full fine-tuning (`SEQ_CLS` also trains the new score head in full)."""
     if effective_mode(adapter) is AdapterMode.full:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                      target_modules=adapter.target_modules, task_type="CAUSAL_LM")
+                      target_modules=adapter.target_modules, task_type=task_type)
 
 
 def save_trained(model, tokenizer, out: Path) -> dict[str, Any]:

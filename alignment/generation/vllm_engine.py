@@ -84,6 +84,14 @@ class VLLMEngine:
             out[i].append(sum(pl[start + k][t].logprob for k, t in enumerate(o)))
         return out
 
+    def load_weights(self, named_tensors) -> None:
+        """Load new weights into the running engine (in-process vLLM, as TRL's colocate mode does), e.g.
+        the PPO policy after each update; the prefix cache is reset so no stale KV is reused."""
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        for name, tensor in named_tensors:
+            model.load_weights([(name, tensor)])
+        self.llm.reset_prefix_cache()
+
     def close(self) -> None:
         self.llm = None
         import gc

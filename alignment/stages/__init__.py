@@ -5,7 +5,8 @@ from alignment.stages.common import RunContext, artifact_key
 
 __all__ = ["ALL_STAGES", "RunContext", "StageResult", "artifact_key", "config_class", "runner"]
 
-ALL_STAGES = ("baseline", "sft", "dpo", "evaluate", "generate", "critique_revise", "feedback")
+ALL_STAGES = ("baseline", "sft", "dpo", "evaluate", "generate", "critique_revise", "feedback", "reward", "ppo",
+              "grpo", "rloo")
 
 
 def runner(stage: str):

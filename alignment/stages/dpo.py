@@ -29,6 +29,14 @@ def validate(config: DPOStageConfig) -> tuple[LoadedData, LoadedData | None, Loa
     return train, held_out, prompts
 
 
+def _pairs(data: LoadedData):
+    """prompt/chosen/rejected only: DPO's sigmoid loss takes hard labels (AI-feedback `soft_label`s are
+    used by the reward stage, or by filtering with feedback.min_margin)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.rows])
+
+
 def train(out: Path, checked, context: RunContext, config: DPOStageConfig) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
@@ -44,8 +52,8 @@ def train(out: Path, checked, context: RunContext, config: DPOStageConfig) -> di
         n = len(held_out.rows)
         kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.train.batch_size + 1) if n % d == 0)
     args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value])
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data.to_dataset(),
-                         eval_dataset=held_out.to_dataset() if held_out else None, processing_class=tok,
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_pairs(data),
+                         eval_dataset=_pairs(held_out) if held_out else None, processing_class=tok,
                          peft_config=peft, callbacks=[metrics_callback(history, context.progress)])
     result = trainer.train()
     write_curves(out, history)

@@ -1,0 +1,195 @@
+"""Reward model with TRL ``RewardTrainer``: a sequence classifier with one output, trained so that
+``r(prompt, chosen) > r(prompt, rejected)`` (Bradley–Terry, ``-log σ(r_c - r_r)``).
+
+Soft targets: rows with a ``soft_label`` p = P(chosen is better) (the constitutional-ai feedback stage
+writes them) train on ``-(p log σ(Δ) + (1 - p) log σ(-Δ))`` instead, so an unsure AI label pulls the
+two rewards together rather than apart; TRL has no such loss, so ``SoftLabelRewardTrainer`` adds it.
+
+Held-out pairs (``eval_data``, or a seeded ``heldout_fraction`` of ``data``) are scored after training:
+accuracy with a bootstrap interval, the reward-margin distribution, and a "longer answer wins" baseline
+on the same pairs (a reward model that only learned length would match it). Output: ``model/`` (merged
+classifier, safetensors), ``adapter/`` (LoRA), ``heldout.jsonl``, ``curves.jsonl``, ``manifest.json``.
+"""
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from alignment.artifacts import StageResult
+from alignment.config import RewardStageConfig
+from alignment.data import DataError, LoadedData, load_data
+from alignment.models import effective_mode, load_tokenizer, resolve_model_path, save_trained, torch_dtype
+from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
+from alignment.stats import bootstrap_ci
+
+CONFIG = RewardStageConfig
+STAGE = "reward"
+BOOTSTRAP = 1000
+
+
+def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
+    out = {k: row[k] for k in ("prompt", "chosen", "rejected")}
+    if soft:
+        out["soft_label"] = row["soft_label"]
+    return out
+
+
+def validate(config: RewardStageConfig) -> dict[str, Any]:
+    data = load_data(config.data, "preference")
+    with_soft = sum("soft_label" in r for r in data.rows)
+    if config.targets == "soft" and with_soft < len(data.rows):
+        first = next(i for i, r in enumerate(data.rows) if "soft_label" not in r)
+        raise DataError(f"{data.source} row {first + 1}: targets is 'soft' but the row has no 'soft_label'; "
+                        f"{with_soft} of {len(data.rows)} rows have one. Add it, or use targets: hard")
+    soft = config.targets == "soft" or (config.targets == "auto" and with_soft == len(data.rows))
+    rows = data.rows
+    if config.eval_data is not None:
+        held_out = load_data(config.eval_data, "preference").rows
+    elif config.heldout_fraction > 0:
+        order = list(range(len(rows)))
+        random.Random(config.train.seed).shuffle(order)
+        n = max(1, round(config.heldout_fraction * len(rows)))
+        if n >= len(rows):
+            raise DataError(f"{data.source}: {len(rows)} rows leave none for training after holding out "
+                            f"heldout_fraction = {config.heldout_fraction}; add rows or lower it")
+        held = set(order[:n])
+        held_out = [rows[i] for i in sorted(held)]
+        rows = [r for i, r in enumerate(rows) if i not in held]
+    else:
+        held_out = []
+    prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
+    return {"train": rows, "heldout": held_out, "soft": soft, "format": data.format.value, "prompts": prompts}
+
+
+def soft_label_trainer():
+    """``RewardTrainer`` with a cross-entropy loss on soft targets when batches carry ``soft_label``."""
+    import torch
+    from torch import nn
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class SoftLabelCollator(DataCollatorForPreference):
+        def torch_call(self, examples):
+            out = super().torch_call(examples)
+            if "soft_label" in examples[0]:
+                out["soft_label"] = torch.tensor([e["soft_label"] for e in examples], dtype=torch.float)
+            return out
+
+    class SoftLabelRewardTrainer(RewardTrainer):
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:
+                self._signature_columns = ["chosen_ids", "rejected_ids", "soft_label"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            soft = inputs.pop("soft_label", None)
+            if soft is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            outputs = model(**inputs)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            delta = chosen - rejected
+            soft = soft.to(delta.dtype)
+            loss = -(soft * nn.functional.logsigmoid(delta) + (1 - soft) * nn.functional.logsigmoid(-delta)).mean()
+            if self.args.center_rewards_coefficient is not None:
+                loss += self.args.center_rewards_coefficient * torch.mean((chosen + rejected) ** 2)
+            with torch.no_grad():
+                self._metrics[mode]["accuracy"].append((delta > 0).float().mean().item())
+                self._metrics[mode]["margin"].append(delta.mean().item())
+                self._metrics[mode]["soft_agreement"].append(((delta > 0).float() == (soft > 0.5).float()).float().mean().item())
+            return (loss, outputs) if return_outputs else loss
+
+    return SoftLabelRewardTrainer, SoftLabelCollator
+
+
+def pair_rewards(model, tok, rows: list[dict[str, Any]], max_length: int, batch_size: int = 16) -> list[tuple[float, float]]:
+    """(r_chosen, r_rejected) for each pair under `model`."""
+    from alignment.rewards import RewardModel, chat_text
+
+    rm = RewardModel(model, tok, max_length=max_length)
+    chosen = rm.score_texts([chat_text(tok, r["prompt"], r["chosen"]) for r in rows], batch_size)
+    rejected = rm.score_texts([chat_text(tok, r["prompt"], r["rejected"]) for r in rows], batch_size)
+    return list(zip(chosen, rejected, strict=True))
+
+
+def _length(tok, response: Any) -> int:
+    text = response if isinstance(response, str) else " ".join(m["content"] for m in response)
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]], tok, out: Path) -> dict[str, Any]:
+    """Accuracy (95% bootstrap interval), margin quantiles and histogram, and the length baseline."""
+    import numpy as np
+
+    margins = np.array([c - r for c, r in scores])
+    correct = [float(m > 0) for m in margins]
+    acc, lo, hi = bootstrap_ci(correct, BOOTSTRAP)
+    longer = [float(_length(tok, r["chosen"]) > _length(tok, r["rejected"])) for r in rows]
+    counts, edges = np.histogram(margins, bins=10)
+    with open(out / "heldout.jsonl", "w", encoding="utf-8") as f:
+        for row, (c, r) in zip(rows, scores, strict=True):
+            f.write(json.dumps({"prompt": row["prompt"], "reward_chosen": c, "reward_rejected": r,
+                                "margin": c - r, **({"soft_label": row["soft_label"]} if "soft_label" in row else {})},
+                               ensure_ascii=False) + "\n")
+    q = np.quantile(margins, [0.1, 0.25, 0.5, 0.75, 0.9])
+    return {
+        "heldout_pairs": len(rows), "heldout_accuracy": acc, "heldout_accuracy_ci_low": lo,
+        "heldout_accuracy_ci_high": hi, "heldout_margin_mean": float(margins.mean()),
+        **{f"heldout_margin_p{p}": float(v) for p, v in zip((10, 25, 50, 75, 90), q, strict=True)},
+        "heldout_margin_histogram": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
+        "heldout_length_baseline_accuracy": sum(longer) / len(longer),
+    }
+
+
+def train(out: Path, checked: dict[str, Any], context: RunContext, config: RewardStageConfig) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig
+
+    from alignment.models import peft_config
+
+    soft = checked["soft"]
+    tok = load_tokenizer(config.model)
+    torch.manual_seed(config.train.seed)  # the score head is initialised at random
+    model = AutoModelForSequenceClassification.from_pretrained(
+        resolve_model_path(config.model), num_labels=1, dtype=torch_dtype(config.model), use_safetensors=True,
+        trust_remote_code=config.model.trust_remote_code)
+    model.config.pad_token_id = tok.pad_token_id
+    lora = peft_config(config.adapter, task_type="SEQ_CLS")
+    train_rows = [_columns(r, soft) for r in checked["train"]]
+    history: list[dict[str, Any]] = []
+    args = RewardConfig(**trainer_kwargs(config.train, out, len(train_rows)),
+                        center_rewards_coefficient=config.center_rewards)
+    trainer_cls, collator_cls = soft_label_trainer()
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tok,
+                          peft_config=lora, data_collator=collator_cls(pad_token_id=tok.pad_token_id),
+                          callbacks=[metrics_callback(history, context.progress)])
+    used = len(trainer.train_dataset)
+    result = trainer.train()
+    write_curves(out, history)
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics: dict[str, Any] = {
+        "train_pairs": used, "dropped_too_long": len(train_rows) - used, "targets": "soft" if soft else "hard",
+        "steps": result.global_step, "train_loss": result.training_loss,
+        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": effective_mode(config.adapter).value,
+        "data_format": checked["format"],
+    }
+    model = trainer.model.eval()
+    if checked["heldout"]:
+        with torch.no_grad():
+            scores = pair_rewards(model, tok, checked["heldout"], config.train.max_length)
+        metrics.update(heldout_metrics(scores, checked["heldout"], tok, out))
+    metrics.update(save_trained(model, tok, out))
+    return metrics
+
+
+def run(config: RewardStageConfig, context: RunContext | None = None) -> StageResult:
+    return run_stage(STAGE, config, lambda: validate(config),
+                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+
+
+if __name__ == "__main__":
+    cli(RewardStageConfig, run, STAGE)

@@ -1,0 +1,125 @@
+"""Our PPO on the tiny model: the reward for a target letter rises within a few iterations, a resumed run
+equals an uninterrupted one, and the stage writes a loadable artifact with before/after numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from alignment.config import PPOStageConfig
+from alignment.rewards import RewardFunction
+
+WORDS = ["cats", "dogs", "rain", "tea", "maps", "jazz", "snow", "bread"]
+
+
+@pytest.fixture
+def prompt_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Say something about {w}."}) for w in WORDS))
+    return path
+
+
+def ppo_config(prompt_file: Path, **overrides) -> PPOStageConfig:
+    base = dict(model={"name": "tiny-random"}, prompts={"path": str(prompt_file)},
+                reward={"rule": {"contains": "e", "mode": "count"}}, adapter={"mode": "full"},
+                train={"learning_rate": 1e-3, "batch_size": 8}, iterations=10, rollout_batch=16, ppo_epochs=4,
+                rollout={"temperature": 1.0, "max_new_tokens": 16}, missing_eos_penalty=None, kl_coef=0.01)
+    return PPOStageConfig(**{**base, **overrides})
+
+
+def make_loop(config: PPOStageConfig):
+    from alignment.rl.ppo import PPOLoop
+    from alignment.stages import ppo
+
+    policy, ref, tok = ppo.load_policy(config)
+    chats = [[{"role": "user", "content": f"Say something about {w}."}] for w in WORDS]
+    return PPOLoop(config, policy, tok, RewardFunction.load(config.reward), chats, ref_model=ref)
+
+
+def test_reward_for_a_target_letter_rises(prompt_file):
+    history = make_loop(ppo_config(prompt_file)).train()
+    scores = [h["score"] for h in history]
+    assert len(history) == 10
+    # random byte-level model: about 1 'e' in 4 responses at first; PPO makes it several times as common
+    assert sum(scores[-3:]) / 3 > 2 * max(sum(scores[:2]) / 2, 0.2), scores
+    assert history[-1]["kl"] > 0.1, "the policy moved away from the reference"
+    for key in ("entropy", "clipfrac", "value_loss", "explained_variance", "response_length", "approx_kl"):
+        assert all(key in h for h in history)
+
+
+def test_first_minibatch_is_on_policy(prompt_file):
+    """Old log-probs come from the same weights in the same mode: before any update the ratio is 1."""
+    cfg = ppo_config(prompt_file, iterations=1, ppo_epochs=1, rollout_batch=8,
+                     train={"learning_rate": 1e-12, "batch_size": 8})
+    row = make_loop(cfg).train()[0]
+    assert row["approx_kl"] == pytest.approx(0.0, abs=1e-6) and row["clipfrac"] == 0.0
+
+
+def test_resume_from_a_checkpoint_equals_continuing(prompt_file, tmp_path):
+    cfg = ppo_config(prompt_file, iterations=4, checkpoint_every=2)
+    straight = make_loop(cfg)
+    straight.train()
+    first = make_loop(cfg)
+    first.train(tmp_path / "ckpt", stop_after=2)
+    from alignment.rl.ppo import latest_checkpoint
+
+    ckpt = latest_checkpoint(tmp_path / "ckpt")
+    assert ckpt is not None and ckpt.name == "iter-00002"
+    resumed = make_loop(cfg)  # a fresh process would start like this
+    resumed.load_checkpoint(ckpt)
+    resumed.train(tmp_path / "ckpt")
+    a, b = straight.trainable_state(), resumed.trainable_state()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert [h["score"] for h in straight.history] == [h["score"] for h in resumed.history]
+    assert straight.kl.coef == resumed.kl.coef
+
+
+def test_ppo_stage_writes_artifact_and_before_after(prompt_file, store, tmp_path):
+    from alignment.stages import ppo
+
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text("\n".join(json.dumps({"prompt": f"Tell me about {w}."}) for w in ("owls", "rivers", "salt")))
+    cfg = ppo_config(prompt_file, iterations=3, adapter={"mode": "lora", "r": 8}, train={"learning_rate": 5e-3,
+                     "batch_size": 8}, eval_prompts={"path": str(heldout)}, kl_target=1.0)
+    res = ppo.run(cfg)
+    m, path = res.metrics, Path(res.path)
+    assert m["iterations"] == 3 and m["heldout_prompts"] == 3 and m["adapter"] is True
+    for key in ("heldout_reward_before_mean", "heldout_reward_after_ci_low", "heldout_kl_k1_mean",
+                "heldout_kl_k3_mean", "heldout_length_drift_ratio", "kl_coef_final"):
+        assert key in m, key
+    assert m["kl_coef_final"] != 0.01, "adaptive KL controller moved the coefficient"
+    assert m["heldout_kl_k3_mean"] >= 0
+    curves = [json.loads(line) for line in (path / "curves.jsonl").read_text().splitlines()]
+    assert [c["iteration"] for c in curves] == [1, 2, 3]
+    assert (path / "rollouts.jsonl").read_text().strip() and (path / "value_head.safetensors").is_file()
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(path / "model")  # the merged policy loads
+    assert not ppo.checkpoint_root(cfg).exists(), "checkpoints are removed once the artifact is written"
+    assert ppo.run(cfg).reused
+
+
+def test_ppo_needs_a_reward_source(prompt_file):
+    with pytest.raises(ValueError, match="no reward source"):
+        PPOStageConfig(model={"name": "tiny-random"}, prompts={"path": str(prompt_file)}, reward={})
+
+
+def test_missing_reward_model_is_a_clear_error_before_loading(prompt_file, store):
+    from alignment.models import ModelError
+    from alignment.stages import ppo
+
+    cfg = ppo_config(prompt_file, reward={"model": {"name": "./no/such/reward-model"}})
+    with pytest.raises(ModelError, match="no/such/reward-model"):
+        ppo.run(cfg)
+    assert not any(store.root.rglob("manifest.json"))
+
+
+def test_reward_function_mixes_weighted_terms():
+    from alignment.config import RewardSources
+
+    fn = RewardFunction.load(RewardSources(rule={"contains": "cat", "mode": "count", "weight": 0.5}))
+    total, terms = fn([[{"role": "user", "content": "x"}]] * 3, ["a cat", "Cat and cat", "dog"])
+    assert terms["rule"] == [1.0, 2.0, 0.0] and total == [0.5, 1.0, 0.0]
