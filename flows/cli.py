@@ -40,7 +40,7 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
-    server.ensure_serving(a.recipe, a.cai_recipe)
+    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe)
     st = server.status()
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of recipe {a.recipe!r}; "
           f"logs in {st['logs']}\nRun:  prefect deployment run sft-to-dpo/sft-to-dpo --watch")
@@ -226,12 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="start the server (if needed) and serve deployments in the background")
     s.add_argument("--recipe", default="sft-to-dpo", help="recipe the sft-to-dpo deployments serve")
     s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
+    s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
     s.set_defaults(fn=cmd_serve)
-    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo or constitutional-ai) in this process")
+    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai or rlhf) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
     s.add_argument("--refresh", action="append", default=[],
-                   help="stage (sft-to-dpo) or step (constitutional-ai) to force, e.g. dpo or feedback")
+                   help="stage or step to force, e.g. dpo, feedback or reward")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
     s.add_argument("stage", choices=ALL_STAGES)

@@ -1,5 +1,5 @@
 """Which flow a recipe belongs to: recipes named ``constitutional-ai*.yaml`` drive the constitutional-ai
-flow, every other recipe drives sft-to-dpo. One place that maps names to flows, recipe models and
+flow, ``rlhf*.yaml`` the rlhf flow, every other recipe drives sft-to-dpo. One place that maps names to flows, recipe models and
 preflight checks, for the CLI, the serve process and the tests."""
 
 from importlib import import_module
@@ -8,18 +8,23 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alignment.config import ConstitutionalAIRecipe, SftToDpoRecipe
+from alignment.config import ConstitutionalAIRecipe, RLHFRecipe, SftToDpoRecipe
 from alignment.recipes import load_yaml_model, recipe_path
 
 FLOWS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "sft-to-dpo": ("flows.sft_to_dpo", "sft_to_dpo", SftToDpoRecipe),
     "constitutional-ai": ("flows.constitutional_ai", "constitutional_ai", ConstitutionalAIRecipe),
+    "rlhf": ("flows.rlhf", "rlhf", RLHFRecipe),
 }
-DEFAULT_RECIPE = {"sft-to-dpo": "sft-to-dpo", "constitutional-ai": "constitutional-ai"}
+DEFAULT_RECIPE = {"sft-to-dpo": "sft-to-dpo", "constitutional-ai": "constitutional-ai", "rlhf": "rlhf"}
 
 
 def flow_name_for(path: Path) -> str:
-    return "constitutional-ai" if Path(path).stem.startswith("constitutional-ai") else "sft-to-dpo"
+    stem = Path(path).stem
+    for flow in ("constitutional-ai", "rlhf"):
+        if stem.startswith(flow):
+            return flow
+    return "sft-to-dpo"
 
 
 def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[str, BaseModel]:

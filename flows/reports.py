@@ -19,7 +19,12 @@ from alignment.generation import read_samples
 from alignment.stages.common import read_curves
 
 SPARK = "▁▂▃▄▅▆▇█"
-CURVE_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/margins", "rewards/accuracies")}
+CURVE_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/margins", "rewards/accuracies"),
+              "reward": ("loss", "accuracy", "margin"),
+              "ppo": ("score", "kl", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length"),
+              "grpo": ("reward", "kl", "entropy", "completions/mean_length"),
+              "rloo": ("reward", "kl", "entropy", "completions/mean_length")}
+RESPONSE_STAGES = ("baseline", "sft", "dpo", "ppo", "grpo", "rloo")
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -119,7 +124,7 @@ def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
 
 
 def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    columns = {stage: read_samples(r["path"]) for stage, r in results.items() if stage in ("baseline", "sft", "dpo")}
+    columns = {stage: read_samples(r["path"]) for stage, r in results.items() if stage in RESPONSE_STAGES}
     first = next((rows for rows in columns.values() if rows), [])
     table = []
     for i, prompt in enumerate(prompt_texts(first)):
@@ -143,6 +148,12 @@ def publish_stages(results: dict[str, dict[str, Any]], statuses: dict[str, str])
         report = Path(result["path"]) / "report.md"
         if report.is_file():
             create_markdown_artifact(report.read_text(), key=f"{key}-report", description=f"{label}: the readable report")
+        rollouts = Path(result["path"]) / "rollouts.jsonl"
+        if rollouts.is_file():
+            rows = [json.loads(line) for line in rollouts.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if rows:
+                create_table_artifact(rows, key=f"{key}-rollouts",
+                                      description=f"{label}: sample rollouts (every sample_every iterations)")
         if stage in CURVE_KEYS:
             create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{key}-curves",
                                      description=f"{label}: training curves")

@@ -8,6 +8,8 @@ Deployments (Prefect names are FLOW/DEPLOYMENT):
                                            a new artifact key, so the stages after it run too
     constitutional-ai/constitutional-ai    the Constitutional AI recipe
     constitutional-ai/rerun-<step>         likewise, per step (initial, critique_revise, sl_cai, ...)
+    rlhf/rlhf                              SFT → reward model → PPO (or GRPO/RLOO) → evaluate
+    rlhf/rerun-<step>                      likewise, per step of the recipe (baseline, sft, reward, ppo, evaluate)
 """
 
 import argparse
@@ -18,6 +20,7 @@ from alignment.config import STAGES
 from alignment.recipes import recipe_path
 from flows.constitutional_ai import STEPS, constitutional_ai
 from flows.registry import load_recipe
+from flows.rlhf import rlhf, steps
 from flows.sft_to_dpo import sft_to_dpo
 
 
@@ -33,18 +36,21 @@ def _for(flow_fn, name: str, steps, recipe_name: str) -> list:
     return out
 
 
-def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai") -> list:
+def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai",
+                rlhf_recipe: str = "rlhf") -> list:
     return (_for(sft_to_dpo, "sft-to-dpo", STAGES, recipe_name)
-            + _for(constitutional_ai, "constitutional-ai", STEPS, cai_recipe))
+            + _for(constitutional_ai, "constitutional-ai", STEPS, cai_recipe)
+            + _for(rlhf, "rlhf", steps(load_recipe(rlhf_recipe)[1]), rlhf_recipe))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="sft-to-dpo", help="sft-to-dpo recipe (name under flows/recipes/ or path)")
     p.add_argument("--cai-recipe", default="constitutional-ai", help="constitutional-ai recipe")
+    p.add_argument("--rlhf-recipe", default="rlhf", help="rlhf recipe")
     p.add_argument("--limit", type=int, default=1, help="flow runs at a time (one machine, one model)")
     args = p.parse_args()
-    serve(*deployments(args.recipe, args.cai_recipe), limit=args.limit, print_starting_message=True)
+    serve(*deployments(args.recipe, args.cai_recipe, args.rlhf_recipe), limit=args.limit, print_starting_message=True)
 
 
 if __name__ == "__main__":

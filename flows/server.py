@@ -107,18 +107,19 @@ def ensure_server(timeout: float = 90.0) -> str:
     raise RuntimeError(f"the Prefect server did not come up within {timeout:.0f} s; see {_run_dir() / 'server.log'}")
 
 
-def _fingerprint(recipe: str, cai_recipe: str) -> str:
+def _fingerprint(*recipes: str) -> str:
     """Recipes and flow code: a change means the serve process must register deployments again."""
-    h = hashlib.sha256(recipe_path(recipe).read_bytes() + recipe_path(cai_recipe).read_bytes())
+    h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
     for p in sorted((ROOT / "flows").glob("*.py")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
-def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai", timeout: float = 120.0) -> None:
+def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai", rlhf_recipe: str = "rlhf",
+                   timeout: float = 120.0) -> None:
     """Run `python -m flows.serve` in the background; restart it if a recipe or the flow code changed."""
     ensure_server()
-    fp = _fingerprint(recipe, cai_recipe)
+    fp = _fingerprint(recipe, cai_recipe, rlhf_recipe)
     pid = _pid("serve")
     if pid is not None:
         current = (_run_dir() / "serve.pid").read_text().split()[1:]
@@ -126,7 +127,8 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
             return
         stop("serve")
     started = time.time()
-    _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe], extra=fp)
+    _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe,
+                     "--rlhf-recipe", rlhf_recipe], extra=fp)
     while time.time() < started + timeout:
         if _pid("serve") is None:
             raise RuntimeError(f"the serve process exited; see {_run_dir() / 'serve.log'}")

@@ -93,3 +93,24 @@ def report(out: Path, chats: list[Chat], before: dict[str, Any], after: dict[str
                                 "tokens_before": before["lengths"][i], "tokens_after": after["lengths"][i]},
                                ensure_ascii=False) + "\n")
     return metrics
+
+
+def write_markdown(out: Path, algorithm: str, m: dict[str, Any]) -> None:
+    """``report.md``: the before/after numbers and the held-out responses side by side."""
+    def ci(k: str) -> str:
+        return f"{m[k + '_mean']:.3f} (95% CI {m[k + '_ci_low']:.3f} to {m[k + '_ci_high']:.3f})"
+
+    lines = [f"# {algorithm.upper()}: held-out before / after", "",
+             f"- reward before: {ci('heldout_reward_before')}", f"- reward after: {ci('heldout_reward_after')}",
+             f"- paired gain: {ci('heldout_reward_gain')}",
+             f"- KL(policy ‖ reference) per response, on policy samples: k1 {ci('heldout_kl_k1')}, "
+             f"k3 {ci('heldout_kl_k3')}",
+             f"- length: {m['heldout_length_before']:.1f} → {m['heldout_length_after']:.1f} tokens "
+             f"(× {m['heldout_length_drift_ratio']:.2f})", "",
+             "| prompt | before | reward | after | reward |", "|---|---|---|---|---|"]
+    cell = lambda t: str(t).replace("|", "\\|").replace("\n", " ")[:300]  # noqa: E731
+    for line in (out / "heldout.jsonl").read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        lines.append(f"| {cell(r['prompt'])} | {cell(r['before'])} | {r['reward_before']:.3f} | {cell(r['after'])} "
+                     f"| {r['reward_after']:.3f} |")
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

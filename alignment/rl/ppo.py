@@ -236,7 +236,7 @@ class PPOLoop:
         self.kl.update(seq_kl, B)
         lengths = mask.sum(1).float()
         row = {
-            "iteration": it + 1, "score": b.scores.mean().item(), "score_std": b.scores.std().item() if B > 1 else 0.0,
+            "iteration": it + 1, "step": it + 1, "score": b.scores.mean().item(), "score_std": b.scores.std().item() if B > 1 else 0.0,
             **{f"reward_{k}": sum(v) / len(v) for k, v in b.terms.items()},
             "kl": seq_kl, "kl_coef": coef, "entropy": pm.masked_mean(old["entropy"], mask).item(),
             "response_length": lengths.mean().item(), "ended_share": sum(b.ended) / B,

@@ -91,7 +91,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def finish(out: Path, config, policy, ref, tok, reward_fn, heldout: list, before: dict | None) -> dict[str, Any]:
+def finish(out: Path, config, policy, ref, tok, reward_fn, heldout: list, before: dict | None,
+           algorithm: str) -> dict[str, Any]:
     """Held-out after-measures, samples.jsonl and the saved model (shared by PPO, GRPO and RLOO)."""
     from alignment.models import save_trained
     from alignment.rl import heldout as ho
@@ -101,6 +102,7 @@ def finish(out: Path, config, policy, ref, tok, reward_fn, heldout: list, before
         after = ho.measure(policy, tok, heldout, reward_fn, config.generation)
         kl = ho.kl_on_samples(policy, tok, heldout, config.rollout, ref_model=ref)
         metrics.update(ho.report(out, heldout, before, after, kl))
+        ho.write_markdown(out, algorithm, metrics)
         write_jsonl(out / "samples.jsonl", [{"prompt": c, "response": t, "tokens": n} for c, t, n in
                                             zip(heldout, after["texts"], after["lengths"], strict=True)])
     metrics.update(save_trained(policy, tok, out))
@@ -146,7 +148,7 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: PPOSt
             "explained_variance_last3": mean(last, "explained_variance"),
             "train_seconds": sum(r["iteration_s"] for r in history), "rollout_engine": engine.name if engine else "hf",
         }
-        metrics.update(finish(out, config, policy, ref, tok, reward_fn, checked["heldout"], before))
+        metrics.update(finish(out, config, policy, ref, tok, reward_fn, checked["heldout"], before, STAGE))
     finally:
         reward_fn.close()
         if engine is not None:

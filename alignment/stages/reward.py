@@ -183,7 +183,26 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: Rewar
             scores = pair_rewards(model, tok, checked["heldout"], config.train.max_length)
         metrics.update(heldout_metrics(scores, checked["heldout"], tok, out))
     metrics.update(save_trained(model, tok, out))
+    write_report(out, metrics)
     return metrics
+
+
+def write_report(out: Path, m: dict[str, Any]) -> None:
+    """``report.md``: held-out accuracy against its baselines and the margin distribution as bars."""
+    lines = ["# Reward model", "", f"Trained on {m['train_pairs']} pairs ({m['targets']} targets, "
+             f"{m['dropped_too_long']} dropped as longer than max_length), {m['steps']} steps; "
+             f"loss {m['loss_first']:.4g} → {m['loss_last']:.4g}.", ""]
+    if "heldout_accuracy" in m:
+        lines += [f"**Held-out accuracy** on {m['heldout_pairs']} pairs: **{m['heldout_accuracy']:.3f}** "
+                  f"(95% CI {m['heldout_accuracy_ci_low']:.3f}–{m['heldout_accuracy_ci_high']:.3f}); chance 0.5, "
+                  f"'the longer answer is better' {m['heldout_length_baseline_accuracy']:.3f}.", "",
+                  "Reward margin r(chosen) − r(rejected) on held-out pairs:", "", "| margin from | to | pairs | |",
+                  "|---|---|---|---|"]
+        h = m["heldout_margin_histogram"]
+        top = max(h["counts"]) or 1
+        for i, c in enumerate(h["counts"]):
+            lines.append(f"| {h['edges'][i]:.3g} | {h['edges'][i + 1]:.3g} | {c} | `{'█' * round(20 * c / top)}` |")
+    (out / "report.md").write_text("\n".join(lines) + "\n")
 
 
 def run(config: RewardStageConfig, context: RunContext | None = None) -> StageResult:

@@ -1,0 +1,115 @@
+"""GRPO with TRL ``GRPOTrainer`` (and, through ``train_group``, RLOO with ``RLOOTrainer``).
+
+Each prompt gets `num_generations` sampled responses; the reward function (reward model, rule and/or
+judge: ``alignment.rewards.RewardFunction``) scores them; advantages are taken within the group (GRPO:
+reward minus the group mean, scaled; RLOO: minus the mean of the *other* responses), so no value model is
+trained. With LoRA the reference for the KL term (`beta` > 0) is the adapter disabled. `engine.kind:
+vllm` turns on TRL's colocated vLLM generation.
+
+The same held-out before/after report as PPO (``alignment.rl.heldout``): reward before and after with
+intervals, KL to the reference on policy samples, length drift. Output: ``model/``, ``adapter/``,
+``curves.jsonl`` (TRL's logged metrics: reward, KL, entropy, clip ratios, lengths), ``heldout.jsonl``,
+``samples.jsonl``, ``manifest.json``.
+"""
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from alignment.artifacts import StageResult
+from alignment.config import GRPOStageConfig
+from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
+from alignment.stages.ppo import finish, validate_rl
+
+CONFIG = GRPOStageConfig
+STAGE = "grpo"
+
+
+def reward_callable(reward_fn, name: str):
+    """Adapt ``RewardFunction`` to TRL's reward-function signature (prompts, completions, **columns)."""
+
+    def reward(prompts, completions, **kwargs) -> list[float]:
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        total, _ = reward_fn(list(prompts), texts)
+        return total
+
+    reward.__name__ = name
+    return reward
+
+
+def _last(history: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
+    values = [h[key] for h in history if key in h]
+    return sum(values[-n:]) / len(values[-n:]) if values else None
+
+
+def _first(history: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
+    values = [h[key] for h in history if key in h]
+    return sum(values[:n]) / len(values[:n]) if values else None
+
+
+def train_group(out: Path, checked: dict[str, Any], context: RunContext, config, algorithm: str) -> dict[str, Any]:
+    import torch
+    from datasets import Dataset
+
+    from alignment.config import EngineKind
+    from alignment.generation import resolve_kind
+    from alignment.models import effective_mode, load_model, load_tokenizer, peft_config
+    from alignment.rewards import RewardFunction
+    from alignment.rl import heldout as ho
+
+    if algorithm == "grpo":
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+    else:
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+
+    tok = load_tokenizer(config.model)
+    policy = load_model(config.model, config.adapter)
+    lora = peft_config(config.adapter)
+    reward_fn = RewardFunction.load(config.reward)
+    try:
+        if torch.cuda.is_available():
+            policy.to("cuda")
+        heldout = checked["heldout"]
+        before = ho.measure(policy, tok, heldout, reward_fn, config.generation) if heldout else None
+        prompts = checked["prompts"]
+        kwargs = trainer_kwargs(config.train, out, len(prompts) * config.num_generations)
+        fields = {f.name for f in dataclasses.fields(Config)}
+        kwargs = {k: v for k, v in kwargs.items() if k in fields}
+        use_vllm = resolve_kind(config.engine) is EngineKind.vllm
+        extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.engine.max_model_len,
+                 "vllm_gpu_memory_utilization": config.engine.gpu_memory_utilization or 0.3} if use_vllm else {}
+        args = Config(**kwargs, num_generations=config.num_generations, beta=config.beta, epsilon=config.epsilon,
+                      num_iterations=config.num_iterations, max_completion_length=config.rollout.max_new_tokens,
+                      temperature=config.rollout.temperature, top_p=config.rollout.top_p, use_vllm=use_vllm,
+                      disable_dropout=True, **extra)
+        history: list[dict[str, Any]] = []
+        trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
+                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
+                          peft_config=lora, callbacks=[metrics_callback(history, context.progress)])
+        result = trainer.train()
+        write_curves(out, history)
+        metrics: dict[str, Any] = {
+            "algorithm": algorithm, "steps": result.global_step, "num_generations": config.num_generations,
+            "beta": config.beta, "train_seconds": result.metrics.get("train_runtime"),
+            "adapter_mode": effective_mode(config.adapter).value, "rollout_engine": "vllm" if use_vllm else "hf",
+            "train_reward_first3": _first(history, "reward"), "train_reward_last3": _last(history, "reward"),
+            "train_kl_last3": _last(history, "kl"), "entropy_last3": _last(history, "entropy"),
+            "response_length_last3": _last(history, "completions/mean_length"),
+        }
+        model = trainer.model
+        ref = None if hasattr(model, "disable_adapter") else load_model(config.model).to(next(model.parameters()).device)
+        metrics.update(finish(out, config, model, ref, tok, reward_fn, heldout, before, algorithm))
+    finally:
+        reward_fn.close()
+    return {k: v for k, v in metrics.items() if v is not None}
+
+
+def run(config: GRPOStageConfig, context: RunContext | None = None) -> StageResult:
+    return run_stage(STAGE, config, lambda: validate_rl(config),
+                     lambda out, checked, ctx: train_group(out, checked, ctx, config, STAGE), context)
+
+
+if __name__ == "__main__":
+    cli(GRPOStageConfig, run, STAGE)
