@@ -74,6 +74,45 @@ def test_vllm_agrees_with_hf(hf, vllm):
 
 
 @needs_vllm
+def test_vllm_samples_differ_across_requests_and_repeat_with_the_seed(vllm):
+    spec = GREEDY.model_copy(update={"temperature": 1.0, "max_new_tokens": 12, "seed": 3})
+    outs = [tuple(c.token_ids) for c in vllm.generate([CHATS[0]] * 4, spec)]
+    assert len(set(outs)) > 1, "each request has its own random stream"
+    assert outs == [tuple(c.token_ids) for c in vllm.generate([CHATS[0]] * 4, spec)]
+
+
+@needs_vllm
+def test_vllm_takes_new_weights_like_ppo_does(hf, vllm):
+    """PPO loads the policy into vLLM after each update: every tensor (LoRA merged, tied embeddings
+    included) must arrive, so vLLM scores like transformers on the changed model; then restore."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from alignment.generation.hf import HFEngine
+    from alignment.models import load_model
+    from alignment.rl.ppo import policy_weights
+
+    opts = [["hello there"]] * len(CHATS)
+    model = get_peft_model(load_model(TINY), LoraConfig(r=4, target_modules="all-linear"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name or "embed_tokens" in name:
+                p.add_(0.3 * torch.randn_like(p) * (p.std() if "embed" in name else 1))
+    changed = HFEngine(model, hf.tokenizer).score(CHATS, opts)
+    assert changed != hf.score(CHATS, opts)
+    vllm.load_weights(policy_weights(model))
+    try:
+        for x, y in zip(changed, vllm.score(CHATS, opts), strict=True):
+            assert x[0] == pytest.approx(y[0], abs=2e-3)
+        assert not any("lora" in n for n, _ in policy_weights(model)), "adapters are merged, not sent"
+    finally:
+        vllm.load_weights(load_model(TINY).named_parameters())
+    for x, y in zip(hf.score(CHATS, opts), vllm.score(CHATS, opts), strict=True):
+        assert x[0] == pytest.approx(y[0], abs=2e-3)
+
+
+@needs_vllm
 def test_managed_vllm_server_starts_serves_and_stops(hf):
     spec = EngineSpec(kind=EngineKind.openai, gpu_memory_utilization=0.1, max_model_len=512, server_timeout_s=240)
     engine = load_engine(TINY, spec)

@@ -55,8 +55,11 @@ class VLLMEngine:
     def generate(self, chats: list[Chat], spec: GenerationSpec, logprobs: bool = False) -> list[Completion]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
-                                seed=spec.seed, logprobs=0 if logprobs else None)
+        # one seed per request: a shared seed gives every request the same random stream, so samples of
+        # a weak model (and repeated prompts) come out nearly identical
+        params = [SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
+                                 seed=(spec.seed * 1_000_003 + i) % 2**31, logprobs=0 if logprobs else None)
+                  for i in range(len(chats))]
         outs = self.llm.chat(chats, params, use_tqdm=False)
         result = []
         for o in outs:
@@ -85,12 +88,26 @@ class VLLMEngine:
         return out
 
     def load_weights(self, named_tensors) -> None:
-        """Load new weights into the running engine (in-process vLLM, as TRL's colocate mode does), e.g.
-        the PPO policy after each update; the prefix cache is reset so no stale KV is reused."""
-        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        for name, tensor in named_tensors:
-            model.load_weights([(name, tensor)])
+        """Load new weights (checkpoint names, e.g. the PPO policy after an update) into the running
+        in-process engine. vLLM's layer-wise reload re-applies its kernel-format processing (on CPU the
+        linear weights are repacked, so loading into the processed parameters directly fails), and the
+        prefix cache is reset so no stale KV is reused."""
+        # copies: a LoRA policy yields merged weights and unmerges them in place once the iteration ends
+        weights = [(name, t.detach().clone()) for name, t in named_tensors]
+        names = dict(weights)
+        if "lm_head.weight" not in names and "model.embed_tokens.weight" in names and self._separate_lm_head():
+            # tied embeddings: transformers lists the matrix once, but vLLM on CPU keeps its own lm_head copy
+            weights.append(("lm_head.weight", names["model.embed_tokens.weight"]))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()
+
+    def _separate_lm_head(self) -> bool:
+        try:
+            model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        except AttributeError:
+            return False
+        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+        return head is not None and head is not embed
 
     def close(self) -> None:
         self.llm = None
