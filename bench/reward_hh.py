@@ -32,9 +32,26 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--adapter", default="lora", choices=["lora", "full"])
+    p.add_argument("--last-turn", action="store_true",
+                   help="keep only the last Human turn as the prompt (shorter rows: more pairs per CPU minute)")
     args = p.parse_args()
-    cfg = RewardStageConfig(model={"name": args.model}, data={"path": args.data, "format": "hh_rlhf", "max_rows": args.rows},
-                            heldout_fraction=args.heldout,
+    data = {"path": args.data, "format": "hh_rlhf", "max_rows": args.rows}
+    if args.last_turn:
+        import tempfile
+        from pathlib import Path
+
+        from alignment.config import DataSpec
+        from alignment.data import load_data
+
+        rows = load_data(DataSpec(**data), "preference").rows
+        path = Path(tempfile.gettempdir()) / f"hh-last-turn-{args.rows}.jsonl"
+        with open(path, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({**r, "prompt": r["prompt"][-1:]}, ensure_ascii=False) + "\n")
+        data = {"path": str(path)}
+    cfg = RewardStageConfig(model={"name": args.model}, data=data, heldout_fraction=args.heldout,
+                            adapter={"mode": args.adapter},
                             train={"learning_rate": args.lr, "epochs": args.epochs, "batch_size": 8,
                                    "max_length": args.max_length, "logging_steps": 10})
     start = time.time()
@@ -42,6 +59,8 @@ def main() -> None:
     m = result.metrics
     print(json.dumps({
         "bench": "reward_hh", "machine": machine(), "model": args.model, "data": args.data,
+        "rows_used": args.rows, "prompt": "last human turn" if args.last_turn else "whole conversation",
+        "adapter": args.adapter, "lr": args.lr, "epochs": args.epochs, "max_length": args.max_length,
         "train_pairs": m["train_pairs"], "dropped_too_long": m["dropped_too_long"],
         "heldout_pairs": m["heldout_pairs"], "heldout_accuracy": round(m["heldout_accuracy"], 4),
         "ci95": [round(m["heldout_accuracy_ci_low"], 4), round(m["heldout_accuracy_ci_high"], 4)],

@@ -49,8 +49,8 @@ def _progress_hook(stage: str):
             return
         last[0] = now
         update_progress_artifact(artifact_id=artifact_id, progress=round(100 * fraction, 1))
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "rewards/accuracies",
-                                                                               "rewards/margins"))
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                          if k in ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "score", "kl", "reward"))
         logger.info("%s: %.0f%% %s", stage, 100 * fraction, shown)
 
     return update

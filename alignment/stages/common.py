@@ -55,7 +55,9 @@ def _resolved(value: Any) -> Any:
 # reruns exactly the stages that use it.
 PROMPTS_USED = {"evaluate": ("judge_pairwise.jinja", "judge_choice.jinja"),
                 "critique_revise": ("cai_critique.jinja", "cai_revision.jinja"),
-                "feedback": ("judge_choice.jinja",)}
+                "feedback": ("judge_choice.jinja",),
+                # the RL stages render it when reward.judge is set
+                "ppo": ("judge_choice.jinja",), "grpo": ("judge_choice.jinja",), "rloo": ("judge_choice.jinja",)}
 
 
 def identity(stage: str, config: BaseModel) -> dict[str, Any]:
