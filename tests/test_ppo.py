@@ -123,3 +123,19 @@ def test_reward_function_mixes_weighted_terms():
     fn = RewardFunction.load(RewardSources(rule={"contains": "cat", "mode": "count", "weight": 0.5}))
     total, terms = fn([[{"role": "user", "content": "x"}]] * 3, ["a cat", "Cat and cat", "dog"])
     assert terms["rule"] == [1.0, 2.0, 0.0] and total == [0.5, 1.0, 0.0]
+
+
+@pytest.mark.skipif(not __import__("alignment.generation", fromlist=["x"]).vllm_available()
+                    and not __import__("os").environ.get("CI"), reason="vLLM not installed")
+def test_ppo_with_vllm_rollouts(prompt_file, store):
+    """vLLM samples the rollouts and gets the LoRA policy's merged weights before each iteration."""
+    from alignment.stages import ppo
+
+    cfg = ppo_config(prompt_file, iterations=3, adapter={"mode": "lora", "r": 8},
+                     train={"learning_rate": 5e-3, "batch_size": 8},
+                     engine={"kind": "vllm", "max_model_len": 512, "gpu_memory_utilization": 0.2})
+    res = ppo.run(cfg)
+    assert res.metrics["rollout_engine"] == "vllm" and res.metrics["iterations"] == 3
+    curves = [json.loads(line) for line in (Path(res.path) / "curves.jsonl").read_text().splitlines()]
+    assert curves[0]["kl"] == pytest.approx(0.0, abs=1e-5), "first rollout: policy == reference"
+    assert len({r["response"] for r in map(json.loads, (Path(res.path) / "rollouts.jsonl").read_text().splitlines())}) > 1

@@ -89,28 +89,35 @@ class VLLMEngine:
 
     def load_weights(self, named_tensors) -> None:
         """Load new weights (checkpoint names, e.g. the PPO policy after an update) into the running
-        in-process engine. vLLM's layer-wise reload re-applies its kernel-format processing (on CPU the
-        linear weights are repacked, so loading into the processed parameters directly fails), and the
-        prefix cache is reset so no stale KV is reused."""
-        # copies: a LoRA policy yields merged weights and unmerges them in place once the iteration ends
-        weights = [(name, t.detach().clone()) for name, t in named_tensors]
-        names = dict(weights)
-        if "lm_head.weight" not in names and "model.embed_tokens.weight" in names and self._separate_lm_head():
-            # tied embeddings: transformers lists the matrix once, but vLLM on CPU keeps its own lm_head copy
-            weights.append(("lm_head.weight", names["model.embed_tokens.weight"]))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
-        self.llm.reset_prefix_cache()
-
-    def _separate_lm_head(self) -> bool:
-        try:
-            model = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        except AttributeError:
-            return False
-        head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
-        return head is not None and head is not embed
+        in-process engine: see ``load_weights_into``."""
+        load_weights_into(self.llm, named_tensors)
 
     def close(self) -> None:
         self.llm = None
         import gc
 
         gc.collect()
+
+
+def load_weights_into(llm, named_tensors) -> None:
+    """Load new weights into an in-process ``vllm.LLM`` through vLLM's layer-wise reload, which re-applies
+    its kernel-format processing (on CPU the linear weights are repacked, so writing into the processed
+    parameters directly, as TRL's colocate mode does, fails); then reset the prefix cache so no stale KV
+    is reused. Tensors are copied first: a LoRA policy yields merged weights and unmerges them in place
+    once iteration ends."""
+    weights = [(name, t.detach().clone()) for name, t in named_tensors]
+    names = dict(weights)
+    if "lm_head.weight" not in names and "model.embed_tokens.weight" in names and _separate_lm_head(llm):
+        # tied embeddings: transformers lists the matrix once, but vLLM on CPU keeps its own lm_head copy
+        weights.append(("lm_head.weight", names["model.embed_tokens.weight"]))
+    llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+    llm.reset_prefix_cache()
+
+
+def _separate_lm_head(llm) -> bool:
+    try:
+        model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+    except AttributeError:
+        return False
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    return head is not None and head is not embed

