@@ -6,7 +6,8 @@ Prompts: ``data/redteam_train.jsonl`` for training and ``data/redteam_prompts.js
 requests, where a harmlessness reward model such as the one ``bench/reward_hh.py`` trains on HH-RLHF has
 something to say). For each algorithm one JSON line: the held-out reward of the start model (the
 baseline, measured in the same run) and of the trained policy with 95% intervals, the paired gain, KL to
-the reference on policy samples, length drift, and wall time.
+the reference on policy samples, length drift, and wall time. The same number of sampled responses per
+algorithm: PPO 16 prompts × 1 response per iteration, GRPO/RLOO 4 prompts × 4 responses per step.
 """
 
 import argparse
@@ -29,8 +30,10 @@ def main() -> None:
               "eval_prompts": {"path": "data/redteam_prompts.jsonl"}, "reward": {"model": {"name": args.reward_model}},
               "generation": {"max_new_tokens": 48}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
     configs = {
+        # no missing-EOS penalty here: at 48 new tokens most answers are cut, and the penalty would make
+        # "stop early" the main thing learned; the held-out numbers are the reward model's alone either way
         "ppo": PPOStageConfig(**common, iterations=args.iterations, rollout_batch=16, ppo_epochs=2, kl_coef=0.05,
-                              train={"learning_rate": 1e-4, "batch_size": 8}),
+                              missing_eos_penalty=None, train={"learning_rate": 1e-4, "batch_size": 8}),
         "grpo": GRPOStageConfig(**common, num_generations=4, beta=0.04,
                                 train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
                                        "logging_steps": 1}),
