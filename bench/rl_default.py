@@ -12,8 +12,8 @@ algorithm: PPO 16 prompts × 1 response per iteration, GRPO/RLOO 4 prompts × 4 
 
 import argparse
 import json
-import platform
 import os
+import platform
 import time
 
 from alignment.config import GRPOStageConfig, PPOStageConfig, RLOOStageConfig
@@ -47,7 +47,7 @@ def main() -> None:
         start = time.time()
         res = import_module(f"alignment.stages.{algo}").run(configs[algo])
         m = res.metrics
-        r = lambda k: round(m[k], 4)  # noqa: E731
+        r = lambda k, m=m: round(m[k], 4)  # noqa: E731
         print(json.dumps({
             "bench": f"rl_default.{algo}", "machine": f"{platform.machine()} {os.cpu_count()} cores",
             "model": args.model, "heldout_prompts": m["heldout_prompts"],

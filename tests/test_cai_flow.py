@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from prefect_api import artifacts, task_states
 
 from alignment.artifacts import ArtifactStore
 
@@ -35,25 +36,11 @@ def run(recipe, **kw):
     return state, str(state.state_details.flow_run_id)
 
 
-def states(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as c:
-        trs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {t.name: t.state.name for t in trs}
-
-
 def test_cai_flow_runs_caches_and_reruns_after_a_principle_edit(cai, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
     state, fr = run(cai)
-    assert states(fr) == dict.fromkeys(STEPS, "Completed")
+    assert task_states(fr) == dict.fromkeys(STEPS, "Completed")
     result = state.result()
-    with get_client(sync_client=True) as c:
-        arts = {a.key: a for a in c.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[fr])))}
+    arts = artifacts(fr)
     assert {"cai-principles", "cai-revisions", "cai-revision-stats", "critique-revise-summary",
             "evaluate-rl-report", "sl-cai-curves", "rl-cai-curves", "feedback-progress"} <= set(arts)
     principles = json.loads(arts["cai-principles"].data)
@@ -63,10 +50,10 @@ def test_cai_flow_runs_caches_and_reruns_after_a_principle_edit(cai, tmp_path):
     assert prefs.is_file()
 
     _, fr2 = run(cai)
-    assert states(fr2) == dict.fromkeys(STEPS, "Cached")
+    assert task_states(fr2) == dict.fromkeys(STEPS, "Cached")
 
     edited = tmp_path / "harmlessness.yaml"
     edited.write_text(Path(cai.constitution.path).read_text().replace("Quote the problem parts.", "Quote them."))
     _, fr3 = run(cai, overrides={"constitution.path": str(edited)})
-    assert states(fr3) == {"initial": "Cached", **dict.fromkeys(STEPS[1:], "Completed")}
+    assert task_states(fr3) == {"initial": "Cached", **dict.fromkeys(STEPS[1:], "Completed")}
     assert ArtifactStore().complete("generate", result["stages"]["initial"]["key"])

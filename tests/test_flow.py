@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prefect_api import artifacts, task_states
 
 from alignment.artifacts import ArtifactStore
 
@@ -33,24 +34,6 @@ def run(recipe, **kwargs):
 
     state = sft_to_dpo(recipe=recipe, return_state=True, **kwargs)
     return state, str(state.state_details.flow_run_id)
-
-
-def task_states(flow_run_id: str) -> dict[str, str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as c:
-        trs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {tr.name: tr.state.name for tr in trs}
-
-
-def artifacts(flow_run_id: str) -> dict[str, object]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as c:
-        arts = c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.key: a for a in arts}
 
 
 def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, tiny_recipe):

@@ -73,8 +73,8 @@ def test_soft_targets_without_labels_is_a_clear_error(store, tmp_path):
 
 
 def test_bad_soft_label_names_the_line(tmp_path):
-    from alignment.data import load_data
     from alignment.config import DataSpec
+    from alignment.data import load_data
 
     p = tmp_path / "x.jsonl"
     p.write_text('{"prompt": "q", "chosen": "a", "rejected": "b", "soft_label": 0.7}\n'

@@ -3,6 +3,7 @@ the UI artifacts exist, a rerun is all cached, `rerun reward` reruns reward and 
 switching the algorithm reuses SFT and the reward model."""
 
 import pytest
+from prefect_api import artifacts, task_states
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -31,24 +32,6 @@ def run(recipe, **kw):
     return state, str(state.state_details.flow_run_id)
 
 
-def task_states(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as c:
-        trs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {t.name: t.state.name for t in trs}
-
-
-def artifact_keys(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as c:
-        return {a.key for a in c.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
-
-
 def test_rlhf_flow_runs_caches_and_reruns(recipe):
     state, fr = run(recipe)
     assert task_states(fr) == dict.fromkeys(["baseline", "sft", "reward", "ppo", "evaluate"], "Completed")
@@ -57,7 +40,7 @@ def test_rlhf_flow_runs_caches_and_reruns(recipe):
     assert {"reward_heldout_accuracy", "ppo_heldout_reward_gain_mean", "ppo_heldout_kl_k3_mean",
             "evaluate_reward_diff_mean"} <= set(m)
     assert {"rlhf-results", "rlhf-responses", "reward-report", "reward-curves", "ppo-report", "ppo-curves",
-            "ppo-rollouts", "evaluate-report"} <= artifact_keys(fr)
+            "ppo-rollouts", "evaluate-report"} <= set(artifacts(fr))
     # lineage: the reward model starts from the SFT artifact, PPO from SFT, and PPO is scored by the reward model
     import json
     from pathlib import Path

@@ -18,7 +18,7 @@ from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import RewardStageConfig
-from alignment.data import DataError, LoadedData, load_data
+from alignment.data import DataError, load_data
 from alignment.models import effective_mode, load_tokenizer, resolve_model_path, save_trained, torch_dtype
 from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
 from alignment.stats import bootstrap_ci
