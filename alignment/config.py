@@ -479,7 +479,13 @@ class ConstitutionalAIRecipe(Strict):
     samples: GenerationSpec = Field(default_factory=lambda: GenerationSpec(temperature=0.8),
                                     description="Sampling of the two responses per prompt that feedback compares.")
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    rl_method: Literal["dpo", "ppo"] = Field(
+        "dpo", description="RL-CAI: `dpo` on the AI preferences, or the paper's method, `ppo`: a preference "
+        "model trained on the feedback's soft labels (step `preference_model`), then PPO against it.")
     dpo: DPOOptions = Field(default_factory=DPOOptions)
+    preference_model: RewardOptions = Field(default_factory=lambda: RewardOptions(heldout_fraction=0.1),
+                                            description="rl_method ppo: the preference model (soft targets by default).")
+    ppo: PPOOptions = Field(default_factory=PPOOptions, description="rl_method ppo: PPO on the red-team prompts.")
     evaluate: EvaluateSettings | None = Field(default_factory=EvaluateSettings)
 
     @model_validator(mode="after")

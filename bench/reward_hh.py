@@ -5,7 +5,9 @@
 Trains the reward stage (default model, LoRA, 1 epoch) on a seeded share of the first `--rows` pairs and
 scores the rest of them (on a 2-core CPU the whole file would take hours).
 Prints one JSON line: the split, held-out accuracy with its 95% bootstrap interval, and in the same
-run two baselines on the same held-out pairs: chance (0.5) and "the longer answer is better".
+run two baselines on the same held-out pairs: chance (0.5) and "the longer answer is better"; and the
+accuracy separately on pairs where the chosen answer is the longer / the shorter one (a reward model that
+learned length scores well on one and badly on the other).
 """
 
 import argparse
@@ -65,6 +67,8 @@ def main() -> None:
         "heldout_pairs": m["heldout_pairs"], "heldout_accuracy": round(m["heldout_accuracy"], 4),
         "ci95": [round(m["heldout_accuracy_ci_low"], 4), round(m["heldout_accuracy_ci_high"], 4)],
         "baseline_chance": 0.5, "baseline_longer_answer": round(m["heldout_length_baseline_accuracy"], 4),
+        "accuracy_where_chosen_longer": m.get("heldout_accuracy_chosen_longer"),
+        "accuracy_where_chosen_shorter": m.get("heldout_accuracy_chosen_shorter"),
         "margin_median": round(m["heldout_margin_p50"], 4), "loss_first": m["loss_first"], "loss_last": m["loss_last"],
         "train_s": m["train_seconds"], "wall_s": round(time.time() - start, 1), "reused": result.reused,
         "artifact": result.path}))

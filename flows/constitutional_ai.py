@@ -4,8 +4,10 @@
     prefect deployment run constitutional-ai/rerun-feedback         # one step again, the rest from cache
 
 initial answers (generate) → critique_revise (SL-CAI) → sft on the revisions mixed with helpful data →
-two samples per prompt from the SL-CAI model (generate) → feedback (RL-CAI soft labels) → dpo on the AI
-preferences → evaluate: SL-CAI vs the helpful model ("before") and RL-CAI vs SL-CAI ("after").
+two samples per prompt from the SL-CAI model (generate) → feedback (RL-CAI soft labels) → RL-CAI:
+`rl_method: dpo` trains DPO on the AI preferences; `rl_method: ppo` is the paper's method, a preference
+model trained on the soft labels (`preference_model`) and PPO against it on the red-team prompts →
+evaluate: SL-CAI vs the helpful model ("before") and RL-CAI vs SL-CAI ("after").
 Editing a principle changes the constitution hash: critique_revise and everything after it run again,
 the initial answers come from cache. No ML logic here; stages live in ``alignment.stages``.
 """
@@ -24,6 +26,9 @@ from alignment.config import (
     EvaluateStageConfig,
     FeedbackStageConfig,
     GenerateStageConfig,
+    PPOStageConfig,
+    RewardSources,
+    RewardStageConfig,
     SFTStageConfig,
 )
 from alignment.constitution import load_constitution
@@ -33,8 +38,16 @@ from flows import cai_reports, reports
 from flows.tasks import Chain
 
 FLOW = "constitutional-ai"
-STEPS = ("initial", "critique_revise", "sl_cai", "samples", "feedback", "rl_cai", "evaluate_sl", "evaluate_rl")
-Step = Literal["initial", "critique_revise", "sl_cai", "samples", "feedback", "rl_cai", "evaluate_sl", "evaluate_rl"]
+STEPS = ("initial", "critique_revise", "sl_cai", "samples", "feedback", "preference_model", "rl_cai", "evaluate_sl",
+         "evaluate_rl")
+Step = Literal["initial", "critique_revise", "sl_cai", "samples", "feedback", "preference_model", "rl_cai",
+               "evaluate_sl", "evaluate_rl"]
+
+
+def steps(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
+    """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
+    return tuple(s for s in STEPS if (s != "preference_model" or recipe.rl_method == "ppo")
+                 and (recipe.evaluate is not None or not s.startswith("evaluate")))
 
 
 def preflight(recipe: ConstitutionalAIRecipe) -> None:
@@ -85,8 +98,14 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
     labels = run("feedback", "feedback", FeedbackStageConfig(
         samples=at(samples, "completions.jsonl"), constitution=recipe.constitution, **dict(recipe.feedback),
         **common))
-    rl = run("rl_cai", "dpo", DPOStageConfig(model=model_of(sl), data=at(labels, "preferences.jsonl"),
-                                            **dict(recipe.dpo), **common))
+    if recipe.rl_method == "dpo":
+        rl = run("rl_cai", "dpo", DPOStageConfig(model=model_of(sl), data=at(labels, "preferences.jsonl"),
+                                                **dict(recipe.dpo), **common))
+    else:  # the paper: a preference model on the soft labels, then PPO against it
+        pm = run("preference_model", "reward", RewardStageConfig(
+            model=model_of(sl), data=at(labels, "preferences.jsonl"), **dict(recipe.preference_model), **common))
+        rl = run("rl_cai", "ppo", PPOStageConfig(model=model_of(sl), prompts=recipe.redteam_prompts,
+                                                reward=RewardSources(model=model_of(pm)), **dict(recipe.ppo), **common))
     if recipe.evaluate is not None:
         run("evaluate_sl", "evaluate", EvaluateStageConfig(model=model_of(sl), reference=recipe.model,
                                                            **dict(recipe.evaluate), **common))

@@ -7,7 +7,7 @@ Deployments (Prefect names are FLOW/DEPLOYMENT):
     sft-to-dpo/rerun-<stage>               the same with `refresh: [<stage>]`: that stage runs again, with
                                            a new artifact key, so the stages after it run too
     constitutional-ai/constitutional-ai    the Constitutional AI recipe
-    constitutional-ai/rerun-<step>         likewise, per step (initial, critique_revise, sl_cai, ...)
+    constitutional-ai/rerun-<step>         likewise, per step of the recipe (initial, critique_revise, sl_cai, ...)
     rlhf/rlhf                              SFT → reward model → PPO (or GRPO/RLOO) → evaluate
     rlhf/rerun-<step>                      likewise, per step of the recipe (baseline, sft, reward, ppo, evaluate)
 """
@@ -18,7 +18,8 @@ from prefect import serve
 
 from alignment.config import STAGES
 from alignment.recipes import recipe_path
-from flows.constitutional_ai import STEPS, constitutional_ai
+from flows.constitutional_ai import constitutional_ai
+from flows.constitutional_ai import steps as cai_steps
 from flows.registry import load_recipe
 from flows.rlhf import rlhf, steps
 from flows.sft_to_dpo import sft_to_dpo
@@ -39,7 +40,7 @@ def _for(flow_fn, name: str, steps, recipe_name: str) -> list:
 def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai",
                 rlhf_recipe: str = "rlhf") -> list:
     return (_for(sft_to_dpo, "sft-to-dpo", STAGES, recipe_name)
-            + _for(constitutional_ai, "constitutional-ai", STEPS, cai_recipe)
+            + _for(constitutional_ai, "constitutional-ai", cai_steps(load_recipe(cai_recipe)[1]), cai_recipe)
             + _for(rlhf, "rlhf", steps(load_recipe(rlhf_recipe)[1]), rlhf_recipe))
 
 

@@ -57,3 +57,29 @@ def test_cai_flow_runs_caches_and_reruns_after_a_principle_edit(cai, tmp_path):
     _, fr3 = run(cai, overrides={"constitution.path": str(edited)})
     assert task_states(fr3) == {"initial": "Cached", **dict.fromkeys(STEPS[1:], "Completed")}
     assert ArtifactStore().complete("generate", result["stages"]["initial"]["key"])
+
+
+def test_cai_with_the_papers_rl_method_trains_a_preference_model_on_soft_labels_then_ppo(cai):
+    """rl_method ppo: everything up to the AI feedback comes from cache, then a preference model on the
+    soft labels and PPO against it."""
+    from flows.constitutional_ai import steps
+
+    overrides = {"rl_method": "ppo", "preference_model.train.max_steps": 2,
+                 "preference_model.train.learning_rate": 1e-3, "ppo.iterations": 2, "ppo.rollout_batch": 4,
+                 "ppo.rollout.max_new_tokens": 8, "ppo.train.batch_size": 4, "evaluate": None}
+    state, fr = run(cai, overrides=overrides)
+    ran = task_states(fr)
+    assert ran == {**dict.fromkeys(["initial", "critique_revise", "sl_cai", "samples", "feedback"], "Cached"),
+                   "preference_model": "Completed", "rl_cai": "Completed"}
+    stages = state.result()["stages"]
+    pm = json.loads((Path(stages["preference_model"]["path"]) / "manifest.json").read_text())["metrics"]
+    assert pm["targets"] == "soft", "the feedback stage's soft labels are the preference model's targets"
+    ppo_cfg = json.loads((Path(stages["rl_cai"]["path"]) / "config.json").read_text())
+    assert ppo_cfg["reward"]["model"]["name"] == stages["preference_model"]["path"]
+    assert ppo_cfg["model"]["name"] == stages["sl_cai"]["path"]
+    from alignment.config import ConstitutionalAIRecipe
+    from alignment.recipes import validate_model
+
+    recipe = validate_model(cai.model_dump(mode="json"), ConstitutionalAIRecipe, "t", overrides=overrides)
+    assert steps(recipe) == ("initial", "critique_revise", "sl_cai", "samples", "feedback", "preference_model", "rl_cai")
+    assert "preference_model" not in steps(cai)

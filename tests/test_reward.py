@@ -38,6 +38,7 @@ def test_reward_model_learns_and_reports(store, tmp_path):
     assert m["loss_last"] < m["loss_first"]
     assert m["heldout_accuracy"] == 1.0 and m["heldout_margin_p10"] > 0
     assert m["heldout_length_baseline_accuracy"] == 0.0  # equal lengths: "longer wins" never does
+    assert m["heldout_pairs_chosen_longer"] == 0 and m["heldout_accuracy_chosen_longer"] is None
     assert sum(m["heldout_margin_histogram"]["counts"]) == 8
     assert "Held-out accuracy" in (path / "report.md").read_text()
     assert len((path / "heldout.jsonl").read_text().splitlines()) == 8

@@ -166,7 +166,8 @@ class PPOLoop:
         return HFEngine(model, self.tok, static_cache="off").generate(chats, spec)
 
     def rollout(self, iteration: int) -> Batch:
-        chats = self._prompt_batch(iteration)
+        acc = self.accelerator  # several processes: each takes its share of the prompts
+        chats = self._prompt_batch(iteration)[acc.process_index :: acc.num_processes]
         completions = self._generate(chats, _rng_seed(self.config.train.seed, iteration, 2))
         eos = self.tok.eos_token_id
         ended = [bool(c.token_ids) and c.token_ids[-1] == eos for c in completions]
@@ -265,7 +266,9 @@ class PPOLoop:
             if self.progress:
                 self.progress(self.iteration / cfg.iterations, {"score": row["score"], "kl": row["kl"]})
             if checkpoint_dir is not None and (self.iteration % cfg.checkpoint_every == 0 or self.iteration == end):
-                self.save_checkpoint(checkpoint_dir)
+                if self.accelerator.is_main_process:
+                    self.save_checkpoint(checkpoint_dir)
+                self.accelerator.wait_for_everyone()
         return self.history
 
     # -- checkpoints -----------------------------------------------------------------------------

@@ -133,12 +133,18 @@ def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]
                                 "margin": c - r, **({"soft_label": row["soft_label"]} if "soft_label" in row else {})},
                                ensure_ascii=False) + "\n")
     q = np.quantile(margins, [0.1, 0.25, 0.5, 0.75, 0.9])
+    # length control: accuracy separately where the chosen answer is the longer and the shorter one
+    split = {}
+    for name, keep in (("chosen_longer", 1.0), ("chosen_shorter", 0.0)):
+        picked = [c for c, lg in zip(correct, longer, strict=True) if lg == keep]
+        split[f"heldout_accuracy_{name}"] = sum(picked) / len(picked) if picked else None
+        split[f"heldout_pairs_{name}"] = len(picked)
     return {
         "heldout_pairs": len(rows), "heldout_accuracy": acc, "heldout_accuracy_ci_low": lo,
         "heldout_accuracy_ci_high": hi, "heldout_margin_mean": float(margins.mean()),
         **{f"heldout_margin_p{p}": float(v) for p, v in zip((10, 25, 50, 75, 90), q, strict=True)},
         "heldout_margin_histogram": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
-        "heldout_length_baseline_accuracy": sum(longer) / len(longer),
+        "heldout_length_baseline_accuracy": sum(longer) / len(longer), **split,
     }
 
 
@@ -187,6 +193,11 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: Rewar
     return metrics
 
 
+def _acc(m: dict[str, Any], part: str) -> str:
+    acc = m.get(f"heldout_accuracy_{part}")
+    return f"{acc:.3f} ({m[f'heldout_pairs_{part}']} pairs)" if acc is not None else "no pairs"
+
+
 def write_report(out: Path, m: dict[str, Any]) -> None:
     """``report.md``: held-out accuracy against its baselines and the margin distribution as bars."""
     lines = ["# Reward model", "", f"Trained on {m['train_pairs']} pairs ({m['targets']} targets, "
@@ -195,7 +206,8 @@ def write_report(out: Path, m: dict[str, Any]) -> None:
     if "heldout_accuracy" in m:
         lines += [f"**Held-out accuracy** on {m['heldout_pairs']} pairs: **{m['heldout_accuracy']:.3f}** "
                   f"(95% CI {m['heldout_accuracy_ci_low']:.3f}–{m['heldout_accuracy_ci_high']:.3f}); chance 0.5, "
-                  f"'the longer answer is better' {m['heldout_length_baseline_accuracy']:.3f}.", "",
+                  f"'the longer answer is better' {m['heldout_length_baseline_accuracy']:.3f}. Where the chosen "
+                  f"answer is the longer one: {_acc(m, 'chosen_longer')}; the shorter one: {_acc(m, 'chosen_shorter')}.", "",
                   "Reward margin r(chosen) − r(rejected) on held-out pairs:", "", "| margin from | to | pairs | |",
                   "|---|---|---|---|"]
         h = m["heldout_margin_histogram"]
