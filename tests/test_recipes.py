@@ -10,7 +10,8 @@ RECIPES = sorted((ROOT / "flows" / "recipes").rglob("*.yaml"))
 
 
 def test_there_are_recipes():
-    assert {p.stem for p in RECIPES} >= {"sft-to-dpo", "tiny", "constitutional-ai", "constitutional-ai-tiny"}
+    assert {p.stem for p in RECIPES} >= {"sft-to-dpo", "tiny", "constitutional-ai", "constitutional-ai-tiny", "rlhf",
+                                         "rlhf-tiny"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -21,7 +22,8 @@ def test_every_recipe_validates_with_its_data(path):
     assert text.startswith("#") and ("alignment run" in text or "prefect deployment run" in text), \
         "a recipe starts with the command that runs it"
     flow, recipe = load_recipe(str(path))
-    assert flow == ("constitutional-ai" if path.stem.startswith("constitutional-ai") else "sft-to-dpo")
+    expected = next((f for f in ("constitutional-ai", "rlhf") if path.stem.startswith(f)), "sft-to-dpo")
+    assert flow == expected
     preflight(flow, recipe)
 
 

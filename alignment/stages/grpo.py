@@ -100,6 +100,11 @@ def train_group(out: Path, checked: dict[str, Any], context: RunContext, config,
         if use_vllm and not torch.cuda.is_available():
             _route_weight_sync(trainer)
         result = trainer.train()
+        if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
+            import gc
+
+            trainer.vllm_generation.llm = None
+            gc.collect()
         write_curves(out, history)
         metrics: dict[str, Any] = {
             "algorithm": algorithm, "steps": result.global_step, "num_generations": config.num_generations,
