@@ -63,6 +63,6 @@ def test_grpo_with_vllm_rollouts(files, store):
 
     cfg = config(GRPOStageConfig, files, adapter={"mode": "lora", "r": 8}, eval_prompts=None,
                  train={"learning_rate": 1e-3, "batch_size": 8, "max_steps": 3, "logging_steps": 1},
-                 engine={"kind": "vllm", "max_model_len": 512, "gpu_memory_utilization": 0.05})
+                 engine={"kind": "vllm", "max_model_len": 512})
     m = grpo.run(cfg).metrics
     assert m["rollout_engine"] == "vllm" and m["steps"] == 3 and m["adapter"] is True

@@ -133,7 +133,7 @@ def test_ppo_with_vllm_rollouts(prompt_file, store):
 
     cfg = ppo_config(prompt_file, iterations=3, adapter={"mode": "lora", "r": 8},
                      train={"learning_rate": 5e-3, "batch_size": 8},
-                     engine={"kind": "vllm", "max_model_len": 512, "gpu_memory_utilization": 0.05})
+                     engine={"kind": "vllm", "max_model_len": 512})
     res = ppo.run(cfg)
     assert res.metrics["rollout_engine"] == "vllm" and res.metrics["iterations"] == 3
     curves = [json.loads(line) for line in (Path(res.path) / "curves.jsonl").read_text().splitlines()]

@@ -15,7 +15,7 @@ CPU_VLLM_BYTES = 8 * 1024**3  # default reservation on CPU (weights, activations
 
 
 def memory_share(spec: EngineSpec) -> float:
-    """`gpu_memory_utilization` to pass: the configured value, else 0.5 on a GPU and 4 GiB worth of
+    """`gpu_memory_utilization` to pass: the configured value, else 0.5 on a GPU and 8 GiB worth of
     system memory on a CPU (0.5 of a 24 GiB machine fails as soon as other processes hold memory)."""
     if spec.gpu_memory_utilization is not None:
         return spec.gpu_memory_utilization

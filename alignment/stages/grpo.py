@@ -12,7 +12,9 @@ intervals, KL to the reference on policy samples, length drift. Output: ``model/
 ``samples.jsonl``, ``manifest.json``.
 """
 
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +58,44 @@ def _route_weight_sync(trainer) -> None:
     gen.sync_weights = lambda: load_weights_into(gen.llm, gen._iter_named_params())
 
 
-def train_group(out: Path, checked: dict[str, Any], context: RunContext, config, algorithm: str) -> dict[str, Any]:
+def _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, context, use_vllm):
     import torch
     from datasets import Dataset
+
+    trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
+                      train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
+                      peft_config=lora, callbacks=[metrics_callback(history, context.progress)])
+    if use_vllm and not torch.cuda.is_available():
+        _route_weight_sync(trainer)
+    result = trainer.train()
+    if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
+        import gc
+
+        trainer.vllm_generation.llm = None
+        gc.collect()
+    return trainer, result
+
+
+class _DistributedEnv:
+    """TRL's colocated vLLM sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT in ``os.environ``; put them back
+    afterwards, or every subprocess started later (a stage run from the CLI, a data loader worker)
+    inherits them and tries to join a process group whose port this process holds."""
+
+    KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in self.KEYS}
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def train_group(out: Path, checked: dict[str, Any], context: RunContext, config, algorithm: str) -> dict[str, Any]:
+    import torch
 
     from alignment.config import EngineKind
     from alignment.generation import resolve_kind
@@ -87,24 +124,23 @@ def train_group(out: Path, checked: dict[str, Any], context: RunContext, config,
         fields = {f.name for f in dataclasses.fields(Config)}
         kwargs = {k: v for k, v in kwargs.items() if k in fields}
         use_vllm = resolve_kind(config.engine) is EngineKind.vllm
-        extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.engine.max_model_len,
-                 "vllm_gpu_memory_utilization": config.engine.gpu_memory_utilization or 0.3} if use_vllm else {}
+        extra = {}
+        if use_vllm:
+            from alignment.generation.vllm_engine import memory_share
+
+            extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.engine.max_model_len,
+                     # on a GPU TRL's 0.3 (training shares the card); on CPU our share of system memory
+                     "vllm_gpu_memory_utilization": config.engine.gpu_memory_utilization
+                     or (0.3 if torch.cuda.is_available() else memory_share(config.engine))}
         args = Config(**kwargs, num_generations=config.num_generations, beta=config.beta, epsilon=config.epsilon,
                       num_iterations=config.num_iterations, max_completion_length=config.rollout.max_new_tokens,
                       temperature=config.rollout.temperature, top_p=config.rollout.top_p, use_vllm=use_vllm,
                       disable_dropout=True, **extra)
         history: list[dict[str, Any]] = []
-        trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
-                          train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
-                          peft_config=lora, callbacks=[metrics_callback(history, context.progress)])
-        if use_vllm and not torch.cuda.is_available():
-            _route_weight_sync(trainer)
-        result = trainer.train()
-        if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
-            import gc
-
-            trainer.vllm_generation.llm = None
-            gc.collect()
+        env = _DistributedEnv() if use_vllm else contextlib.nullcontext()
+        with env:
+            trainer, result = _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, context,
+                                     use_vllm)
         write_curves(out, history)
         metrics: dict[str, Any] = {
             "algorithm": algorithm, "steps": result.global_step, "num_generations": config.num_generations,
