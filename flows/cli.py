@@ -42,8 +42,9 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 def cmd_serve(a) -> None:
     server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe)
     st = server.status()
-    print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of recipe {a.recipe!r}; "
-          f"logs in {st['logs']}\nRun:  prefect deployment run sft-to-dpo/sft-to-dpo --watch")
+    print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
+          f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}) and rlhf ({a.rlhf_recipe!r}); logs in {st['logs']}\n"
+          "Run:  prefect deployment run sft-to-dpo/sft-to-dpo --watch   (or constitutional-ai/..., rlhf/rlhf)")
 
 
 def cmd_run(a) -> None:
