@@ -126,27 +126,35 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
         if current == [fp]:
             return
         stop("serve")
+    from flows.serve import deployments
+
+    names = [f"{d.flow_name}/{d.name}" for d in deployments(recipe, cai_recipe, rlhf_recipe)]
     started = time.time()
     _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe,
                      "--rlhf-recipe", rlhf_recipe], extra=fp)
     while time.time() < started + timeout:
         if _pid("serve") is None:
             raise RuntimeError(f"the serve process exited; see {_run_dir() / 'serve.log'}")
-        if _deployments_updated_since(started):
+        if _deployments_updated_since(started, names):
             return
         time.sleep(1.0)
     raise RuntimeError(f"deployments were not registered within {timeout:.0f} s; see {_run_dir() / 'serve.log'}")
 
 
-def _deployments_updated_since(t: float) -> bool:
+def _deployments_updated_since(t: float, names: list[str]) -> bool:
+    """Every one of `names` is registered (updated) since `t`: the serve process registers them one by
+    one, and a `prefect deployment run` of one not yet there fails."""
     from prefect.client.orchestration import get_client
 
     try:
         with get_client(sync_client=True) as c:
-            d = c.read_deployment_by_name("sft-to-dpo/sft-to-dpo")
+            for name in names:
+                d = c.read_deployment_by_name(name)
+                if d.updated is None or d.updated.timestamp() < t - 1:
+                    return False
     except Exception:
         return False
-    return d.updated is not None and d.updated.timestamp() >= t - 1
+    return True
 
 
 def stop(name: str) -> bool:
