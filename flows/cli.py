@@ -93,14 +93,17 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
     print(f"\nFlow run {run.name} ({run.id}): {run.state_name}, {run.total_run_time.total_seconds():.0f} s")
     print(f"Open in the Prefect UI: {server.ui_url()}/runs/flow-run/{run.id}")
     print(f"All artifacts (summaries, curves, responses): {server.ui_url()}/artifacts")
-    if "sft-to-dpo-results" in by_key:
-        print("\n" + by_key["sft-to-dpo-results"].data)
-    if "sft-to-dpo-responses" in by_key:
-        table = json.loads(by_key["sft-to-dpo-responses"].data)
-        print(f"\nHeld-out prompts (first {min(rows, len(table))} of {len(table)}): base → sft → dpo")
+    flow = next((k.removesuffix("-results") for k in by_key if k.endswith("-results")), None)
+    if flow is None:
+        return
+    print("\n" + by_key[f"{flow}-results"].data)
+    if f"{flow}-responses" in by_key:
+        table = json.loads(by_key[f"{flow}-responses"].data)
+        cols = [k for k in table[0] if k != "prompt"] if table else []
+        print(f"\nHeld-out prompts (first {min(rows, len(table))} of {len(table)}): {' → '.join(cols)}")
         for r in table[:rows]:
             print(f"\n  Q: {r['prompt']}")
-            for col in ("base", "sft", "dpo"):
+            for col in cols:
                 print(f"  {col:>4}: {r.get(col, '')[:160]!s}".replace("\n", " "))
 
 
