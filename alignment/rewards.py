@@ -65,14 +65,6 @@ class RewardModel:
                                 batch_size)
 
 
-def score_responses(model_spec: ModelSpec, chats: list[Chat], responses: list[str], batch_size: int = 16) -> list[float]:
-    rm = RewardModel.load(model_spec, "evaluate.reward_model")
-    try:
-        return rm.score(chats, responses, batch_size)
-    finally:
-        del rm
-
-
 def rule_score(rule: RuleReward, text: str) -> float:
     hits = len(re.findall(re.escape(rule.contains), text, flags=re.IGNORECASE))
     return float(hits > 0) if rule.mode == "binary" else float(min(hits, 5))

@@ -159,14 +159,16 @@ def publish_stages(results: dict[str, dict[str, Any]], statuses: dict[str, str])
                                      description=f"{label}: training curves")
 
 
-def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
-    """Create every UI artifact of one sft-to-dpo run; returns the headline numbers."""
+def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str],
+            headline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Create every UI artifact of one run (stage summaries, responses table, results card with
+    `headline`, by default sft-to-dpo's numbers); returns the headline numbers."""
     publish_stages(results, statuses)
     table = responses_table(results)
     if table:
         create_table_artifact(table, key=f"{flow}-responses",
                               description="Held-out prompts: responses of the base model and after each stage")
-    headline = headline_metrics(results)
+    headline = headline_metrics(results) if headline is None else headline
     card = [f"# {flow}: results", "", "| stage | status | artifact |", "|---|---|---|"]
     card += [f"| {s} | {statuses[s]} | `{r['key']}` |" for s, r in results.items()]
     card += ["", "| metric | value |", "|---|---|", *[f"| {k} | {_fmt(v)} |" for k, v in headline.items()]]

@@ -13,7 +13,6 @@ model (judge, refusals, length) and scores both with the reward model. No ML log
 from typing import Any, Literal
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
 from alignment.config import (
     BaselineStageConfig,
@@ -100,18 +99,7 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     if recipe.evaluate is not None:
         chain.run("evaluate", "evaluate", stage_configs(recipe, sft_model, rm, policy)["evaluate"])
 
-    reports.publish_stages(chain.results, chain.states)
-    table = reports.responses_table(chain.results)
-    if table:
-        from prefect.artifacts import create_table_artifact
-
-        create_table_artifact(table, key=f"{FLOW}-responses",
-                              description="Held-out prompts: responses of the base model and after each stage")
-    headline = headline_metrics(chain.results, algo)
-    card = [f"# {FLOW}: results", "", "| step | status | artifact |", "|---|---|---|"]
-    card += [f"| {s} | {chain.states[s]} | `{r['key']}` |" for s, r in chain.results.items()]
-    card += ["", "| metric | value |", "|---|---|", *[f"| {k} | {reports._fmt(v)} |" for k, v in headline.items()]]
-    create_markdown_artifact("\n".join(card), key=f"{FLOW}-results", description=f"{FLOW}: headline results")
+    headline = reports.publish(FLOW, chain.results, chain.states, headline_metrics(chain.results, algo))
     return {"stages": chain.summary(), "metrics": headline}
 
 

@@ -39,19 +39,10 @@ def measure(model, tok, chats: list[Chat], reward_fn, spec: GenerationSpec) -> d
     return {"texts": texts, "scores": scores, "lengths": [c.n_tokens for c in completions]}
 
 
-def reference_logp(model, ref_model, ids, attn, T: int, temperature: float) -> torch.Tensor:
-    from alignment.rl.ppo import forward
-
-    if ref_model is not None:
-        return forward(ref_model, None, ids, attn, T, temperature)["logp"]
-    with model.disable_adapter():
-        return forward(model, None, ids, attn, T, temperature)["logp"]
-
-
 def kl_on_samples(model, tok, chats: list[Chat], rollout: GenerationSpec, ref_model=None,
                   batch_size: int = 8) -> dict[str, list[float]]:
     """Per-response KL(policy || reference) estimates (k1, k3 summed over tokens) on policy samples."""
-    from alignment.rl.ppo import build_batch, forward
+    from alignment.rl.ppo import build_batch, forward, reference_logp
 
     completions = respond(model, tok, chats, rollout)
     device = next(model.parameters()).device

@@ -106,6 +106,15 @@ def forward(model, value_head: ValueHead | None, input_ids, attention_mask, T: i
     return res
 
 
+def reference_logp(model, ref_model, input_ids, attention_mask, T: int, temperature: float) -> torch.Tensor:
+    """Response log-probs under the reference: `ref_model` (full fine-tuning) or, for a LoRA policy, the
+    same weights with the adapter disabled."""
+    if ref_model is not None:
+        return forward(ref_model, None, input_ids, attention_mask, T, temperature)["logp"]
+    with model.disable_adapter():
+        return forward(model, None, input_ids, attention_mask, T, temperature)["logp"]
+
+
 def _rng_seed(seed: int, iteration: int, what: int) -> int:
     return (seed * 1_000_003 + iteration * 7919 + what) % (2**31)
 
@@ -181,14 +190,6 @@ class PPOLoop:
         return Batch(chats, texts, ids, attn, resp, mask, scores, terms, ended)
 
     # -- one iteration ---------------------------------------------------------------------------
-    def _ref_logp(self, b: Batch, T: int) -> torch.Tensor:
-        temp = self.config.rollout.temperature
-        if self.ref_model is not None:
-            return forward(self.ref_model, None, b.input_ids, b.attention_mask, T, temp)["logp"]
-        model = self.accelerator.unwrap_model(self.policy)
-        with model.disable_adapter():
-            return forward(model, None, b.input_ids, b.attention_mask, T, temp)["logp"]
-
     def step(self) -> dict[str, Any]:
         cfg, it = self.config, self.iteration
         torch.manual_seed(_rng_seed(cfg.train.seed, it, 0))
@@ -200,7 +201,8 @@ class PPOLoop:
         with torch.no_grad():
             old = forward(self.policy, self.value_head, b.input_ids, b.attention_mask, T, cfg.rollout.temperature,
                           with_entropy=True)
-            ref_logp = self._ref_logp(b, T)
+            ref_logp = reference_logp(self.accelerator.unwrap_model(self.policy), self.ref_model, b.input_ids,
+                                      b.attention_mask, T, cfg.rollout.temperature)
             kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
             rewards = pm.token_rewards(b.scores, kl, mask, self.kl.coef)
             if cfg.whiten_rewards:
@@ -280,8 +282,7 @@ class PPOLoop:
         return out
 
     def value_head_state(self) -> dict[str, torch.Tensor]:
-        vh = self.accelerator.unwrap_model(self.value_head)
-        return {n: p.detach().cpu().contiguous() for n, p in vh.named_parameters()}
+        return {k.removeprefix("value_head."): v for k, v in self.trainable_state().items() if k.startswith("value_head.")}
 
     def save_checkpoint(self, root: Path) -> Path:
         """``root/iter-N``: weights (safetensors), optimizer/scheduler (torch), state.json; written to a

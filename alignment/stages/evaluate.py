@@ -99,12 +99,13 @@ def judge_all(config: EvaluateStageConfig, checked: dict, answers: dict[str, dic
 
 def reward_scores(config: EvaluateStageConfig, checked: dict, answers: dict) -> dict[str, Any]:
     """Mean reward of policy and reference on the held-out prompts, and of their paired difference."""
-    from alignment.rewards import score_responses
+    from alignment.rewards import RewardModel
 
     chats = [r["prompt"] for r in checked["sets"]["heldout"]]
     out: dict[str, Any] = {"reward_model": config.reward_model.name}
-    scores = {who: score_responses(config.reward_model, chats, [c.text for c in answers[who]["heldout"]])
-              for who in ("policy", "reference")}
+    rm = RewardModel.load(config.reward_model, "evaluate.reward_model")  # once, for both sides
+    scores = {who: rm.score(chats, [c.text for c in answers[who]["heldout"]]) for who in ("policy", "reference")}
+    del rm
     for who, values in scores.items():
         mean, lo, hi = bootstrap_ci(values, config.bootstrap)
         out.update({f"reward_{who}_mean": mean, f"reward_{who}_ci_low": lo, f"reward_{who}_ci_high": hi})

@@ -39,14 +39,11 @@ def reward_callable(reward_fn, name: str):
     return reward
 
 
-def _last(history: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
+def _mean(history: list[dict[str, Any]], key: str, last: bool, n: int = 3) -> float | None:
+    """Mean of `key` over the first (or last) `n` logged rows that have it."""
     values = [h[key] for h in history if key in h]
-    return sum(values[-n:]) / len(values[-n:]) if values else None
-
-
-def _first(history: list[dict[str, Any]], key: str, n: int = 3) -> float | None:
-    values = [h[key] for h in history if key in h]
-    return sum(values[:n]) / len(values[:n]) if values else None
+    part = values[-n:] if last else values[:n]
+    return sum(part) / len(part) if part else None
 
 
 def _route_weight_sync(trainer) -> None:
@@ -146,9 +143,10 @@ def train_group(out: Path, checked: dict[str, Any], context: RunContext, config,
             "algorithm": algorithm, "steps": result.global_step, "num_generations": config.num_generations,
             "beta": config.beta, "train_seconds": result.metrics.get("train_runtime"),
             "adapter_mode": effective_mode(config.adapter).value, "rollout_engine": "vllm" if use_vllm else "hf",
-            "train_reward_first3": _first(history, "reward"), "train_reward_last3": _last(history, "reward"),
-            "train_kl_last3": _last(history, "kl"), "entropy_last3": _last(history, "entropy"),
-            "response_length_last3": _last(history, "completions/mean_length"),
+            "train_reward_first3": _mean(history, "reward", last=False),
+            "train_reward_last3": _mean(history, "reward", last=True), "train_kl_last3": _mean(history, "kl", last=True),
+            "entropy_last3": _mean(history, "entropy", last=True),
+            "response_length_last3": _mean(history, "completions/mean_length", last=True),
         }
         model = trainer.model
         ref = None if hasattr(model, "disable_adapter") else load_model(config.model).to(next(model.parameters()).device)
