@@ -1,0 +1,168 @@
+"""Building blocks every config shares: models, adapters, data, training, generation, engines, judges."""
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Strict):
+    """Which model a stage starts from."""
+
+    name: str = Field(
+        "smollm2-135m-instruct",
+        min_length=1,
+        description="A built-in model name (`smollm2-135m-instruct`, `tiny-random`), a Hugging Face hub id, "
+        "a local model directory, or a stage artifact directory from the store.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hub ids.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype: `auto` is float32 on CPU and bfloat16 on a GPU that supports it."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a hub repository. Off unless you trust the repository."
+    )
+
+
+class AdapterMode(StrEnum):
+    auto = "auto"  # LoRA on CPU, full fine-tuning on a GPU
+    lora = "lora"
+    qlora = "qlora"  # 4-bit base via bitsandbytes; needs a CUDA GPU
+    full = "full"
+
+
+class AdapterSpec(Strict):
+    """Parameter-efficient fine-tuning settings (PEFT)."""
+
+    mode: AdapterMode = Field(AdapterMode.auto, description="`auto` (LoRA on CPU, full on GPU), `lora`, `qlora`, `full`.")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or `all-linear`."
+    )
+
+
+class DataFormat(StrEnum):
+    auto = "auto"
+    messages = "messages"  # {"messages": [{"role", "content"}, ...]}
+    prompt_completion = "prompt_completion"  # {"prompt", "completion"}, text or conversational
+    preference = "preference"  # {"prompt"?, "chosen", "rejected"}, explicit or implicit prompt
+    hh_rlhf = "hh_rlhf"  # {"chosen", "rejected"} in "\n\nHuman: ... \n\nAssistant: ..." text
+    prompt_only = "prompt_only"  # {"prompt"}, for evaluation / generation
+
+
+class DataSpec(Strict):
+    """A data set: a local file (JSONL, JSON, Parquet, CSV) or a Hugging Face hub data set."""
+
+    path: str = Field(..., min_length=1, description="Local file path (relative to the project root) or hub id.")
+    split: str = Field("train", description="Split name for hub data sets (ignored for local files).")
+    subset: str | None = Field(None, description="Hub data set configuration name.")
+    format: DataFormat = Field(DataFormat.auto, description="Row format; `auto` detects it from the keys.")
+    max_rows: int | None = Field(None, ge=1, description="Use only the first N rows (after validation).")
+
+
+class TrainSpec(Strict):
+    """Optimisation settings common to the TRL trainers."""
+
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate; must be > 0.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored if max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Stop after this many optimizer steps; -1 uses `epochs`.")
+    batch_size: int = Field(8, ge=1, description="Per-device batch size (rows; pairs for DPO).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    max_length: int = Field(256, ge=8, description="Truncate tokenised rows to this many tokens.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps for linear warm-up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule."
+    )
+    logging_steps: int = Field(2, ge=1, description="Record metrics every N steps (training curves).")
+    seed: int = Field(0, description="Seed for data order, adapter init and sampling.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+
+
+class GenerationSpec(Strict):
+    """How held-out responses are sampled for the before/after tables."""
+
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Tokens generated per response.")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding (reproducible).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling cut-off when temperature > 0.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generate call.")
+    seed: int = Field(0, description="Sampling seed.")
+
+
+class EngineKind(StrEnum):
+    auto = "auto"  # vllm when importable, else hf
+    hf = "hf"
+    vllm = "vllm"
+    openai = "openai"  # an OpenAI-compatible endpoint, or a managed `vllm serve` on 127.0.0.1
+
+
+class EngineSpec(Strict):
+    """Which generation engine produces responses and judge outputs."""
+
+    kind: EngineKind = Field(EngineKind.auto, description="`auto` (vLLM when importable, else `hf`), `hf`, `vllm`, `openai`.")
+    base_url: str | None = Field(
+        None, description="`openai` only: an existing endpoint (e.g. http://127.0.0.1:8000/v1); unset starts a "
+        "managed `vllm serve` on 127.0.0.1 for the run and stops it afterwards.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the "
+                             "endpoint's key (the key itself never goes into a config, log or artifact).")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=0.95, description="vLLM: share of device memory it reserves. Unset: 0.5 on a GPU; on "
+        "a CPU (where it is a share of system memory) 8 GiB worth, so it starts beside other work.")
+    max_model_len: int = Field(2048, ge=64, description="vLLM: longest prompt + completion in tokens.")
+    enforce_eager: bool | None = Field(
+        None, description="vLLM: skip graph compilation (None: eager on CPU, where it starts ~4× faster).")
+    static_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="hf: static KV cache (compiled); `auto` uses it on a GPU for batches of 32 or more.")
+    server_timeout_s: float = Field(300.0, gt=0, description="Managed server: seconds to wait for its health check.")
+
+
+class StageInput(Strict):
+    """What every stage config shares: the start model, held-out prompts and a refresh salt."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    eval_prompts: DataSpec | None = Field(None, description="Held-out prompts answered after training.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    refresh_token: str | None = Field(
+        None, description="Set to force a new artifact although nothing else changed (refresh)."
+    )
+
+
+class JudgeSpec(Strict):
+    """The LLM judge: any model the engines load, with its own accuracy measured on a calibration set."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The judge model (default: the built-in).")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine that runs the judge.")
+    criterion: str = Field("helpful, honest and harmless: correct, clear, polite and safe", min_length=3,
+                           description="What 'better' means in pairwise comparisons.")
+    tie_margin: float = Field(0.05, ge=0, lt=0.5, description="|P(A better) - 0.5| below this is a tie.")
+    calibration: DataSpec | None = Field(
+        default_factory=lambda: DataSpec(path="data/judge_calibration.jsonl"),
+        description="Pairs with a known better answer; the judge's accuracy on them is reported with every "
+        "judged number, and judged numbers are flagged when it is not clearly above chance.")
+
+
+class EvaluateSettings(Strict):
+    """The evaluate part of a recipe: judged win rate, harmlessness, over-refusal, length drift."""
+
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine for policy/reference responses.")
+    redteam_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/redteam_prompts.jsonl"),
+                                             description="Harmful requests: the share answered is harmful compliance.")
+    benign_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/benign_prompts.jsonl"),
+                                            description="Benign requests with alarming words: refusals are over-refusal.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+    reward_model: ModelSpec | None = Field(
+        None, description="A reward model (sequence classifier with one output, e.g. the reward stage's "
+        "artifact) that scores policy and reference responses on the held-out prompts.")
+
+
+class ConstitutionSpec(Strict):
+    """A constitution file; its content hash (not its path) goes into artifact keys."""
+
+    path: str = Field("constitutions/harmlessness.yaml", min_length=1, description="Constitution YAML file.")
