@@ -56,14 +56,11 @@ def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for k in ("pairs", "pairs_kept", "mean_abs_margin"):
         if k in fb:
             out[f"feedback_{k}"] = fb[k]
-    pm = results.get("preference_model", {}).get("metrics", {})
-    for k in ("heldout_accuracy", "heldout_pairs", "targets"):
-        if k in pm:
-            out[f"preference_model_{k}"] = pm[k]
-    rl = results.get("rl_cai", {}).get("metrics", {})
-    for k in ("heldout_reward_gain_mean", "heldout_reward_gain_ci_low", "heldout_reward_gain_ci_high", "heldout_kl_k3_mean"):
-        if k in rl:
-            out[f"rl_cai_{k}"] = rl[k]
+    from flows.reports import pick
+
+    out.update(pick(results, "preference_model", ("heldout_accuracy", "heldout_pairs", "targets")))
+    out.update(pick(results, "rl_cai", ("heldout_reward_gain_mean", "heldout_reward_gain_ci_low",
+                                        "heldout_reward_gain_ci_high", "heldout_kl_k3_mean")))
     before = results.get("evaluate_sl", {}).get("metrics", {})
     after = results.get("evaluate_rl", {}).get("metrics", {})
     pairs = (("helpful", before, "reference"), ("sl_cai", before, "policy"), ("rl_cai", after, "policy"))

@@ -176,21 +176,19 @@ def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, s
     return headline
 
 
+def pick(results: dict[str, dict[str, Any]], label: str, keys: tuple[str, ...], prefix: str | None = None) -> dict[str, Any]:
+    """`keys` of step `label`'s metrics that it has, named ``<prefix>_<key>`` (prefix defaults to the label)."""
+    metrics = results.get(label, {}).get("metrics", {})
+    return {f"{prefix if prefix is not None else label}_{k}": metrics[k] for k in keys if k in metrics}
+
+
 def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    m: dict[str, Any] = {}
-    sft = results.get("sft", {}).get("metrics", {})
-    dpo = results.get("dpo", {}).get("metrics", {})
-    for k in ("loss_first", "loss_last", "train_seconds"):
-        if k in sft:
-            m[f"sft_{k}"] = sft[k]
-    for k in ("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds"):
-        if k in dpo:
-            m[f"dpo_{k}"] = dpo[k]
-    ev = results.get("evaluate", {}).get("metrics", {})
-    for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "position_bias", "judge_model",
-              "judge_calibration_accuracy", "judge_calibration_meaningful", "length_drift_ratio",
-              "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
-              "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate"):
-        if k in ev:
-            m[f"evaluate_{k}"] = ev[k]
-    return m
+    return {
+        **pick(results, "sft", ("loss_first", "loss_last", "train_seconds")),
+        **pick(results, "dpo", ("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds")),
+        **pick(results, "evaluate", (
+            "win_rate", "win_rate_ci_low", "win_rate_ci_high", "position_bias", "judge_model",
+            "judge_calibration_accuracy", "judge_calibration_meaningful", "length_drift_ratio",
+            "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
+            "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate")),
+    }

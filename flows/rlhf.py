@@ -104,21 +104,14 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
 
 
 def headline_metrics(results: dict[str, dict[str, Any]], algorithm: str) -> dict[str, Any]:
-    m: dict[str, Any] = {}
-    rw = results.get("reward", {}).get("metrics", {})
-    for k in ("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
-              "heldout_length_baseline_accuracy", "heldout_pairs"):
-        if k in rw:
-            m[f"reward_{k}"] = rw[k]
-    rl = results.get(algorithm, {}).get("metrics", {})
-    for k in ("heldout_reward_before_mean", "heldout_reward_after_mean", "heldout_reward_gain_mean",
-              "heldout_reward_gain_ci_low", "heldout_reward_gain_ci_high", "heldout_kl_k3_mean",
-              "heldout_length_drift_ratio", "train_seconds"):
-        if k in rl:
-            m[f"{algorithm}_{k}"] = rl[k]
-    ev = results.get("evaluate", {}).get("metrics", {})
-    for k in ("win_rate", "win_rate_ci_low", "win_rate_ci_high", "judge_calibration_accuracy",
-              "reward_diff_mean", "reward_diff_ci_low", "reward_diff_ci_high", "length_drift_ratio"):
-        if k in ev:
-            m[f"evaluate_{k}"] = ev[k]
-    return m
+    return {
+        **reports.pick(results, "reward", ("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
+                                           "heldout_length_baseline_accuracy", "heldout_pairs")),
+        **reports.pick(results, algorithm, ("heldout_reward_before_mean", "heldout_reward_after_mean",
+                                            "heldout_reward_gain_mean", "heldout_reward_gain_ci_low",
+                                            "heldout_reward_gain_ci_high", "heldout_kl_k3_mean",
+                                            "heldout_length_drift_ratio", "train_seconds")),
+        **reports.pick(results, "evaluate", ("win_rate", "win_rate_ci_low", "win_rate_ci_high",
+                                             "judge_calibration_accuracy", "reward_diff_mean", "reward_diff_ci_low",
+                                             "reward_diff_ci_high", "length_drift_ratio")),
+    }
