@@ -1,8 +1,9 @@
 """Content-addressed artifact store.
 
-A stage output lives in ``<store>/<stage>/<key>/`` where ``key`` hashes exactly what determines it: the
-stage config (with data files replaced by their content hash and upstream models by their artifact id),
-the code version and a refresh salt. Outputs are written into ``<store>/.tmp/`` and renamed into place
+A stage output lives in ``<store>/<stage>/<key>/`` where ``key`` hashes exactly what determines it (the
+stage's declaration, ``alignment.stages.contract``, says what that is): the config fields the stage reads,
+with data files replaced by their content hash and upstream models and artifacts by their artifact id,
+template versions, the device kind, the code version and a refresh salt. Outputs are written into ``<store>/.tmp/`` and renamed into place
 only once complete, with ``manifest.json`` written last, so a directory that exists is a finished
 artifact and a crash leaves nothing that looks done. The key is also the Prefect cache key.
 """
@@ -85,6 +86,26 @@ def stage_key(stage: str, identity: dict[str, Any]) -> str:
     return sha256_json({"stage": stage, **identity})[:KEY_CHARS]
 
 
+class ArtifactError(ValueError):
+    """A path that should be a store artifact is not one (or not of the expected stage)."""
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest of the artifact at `path`, or a clear error naming the path."""
+    p = Path(path) / MANIFEST
+    if not p.is_file():
+        raise ArtifactError(f"{path}: not a finished artifact (no {MANIFEST}); pass a stage result's path")
+    return json.loads(p.read_text())
+
+
+def artifact_identity(path: str | Path, stage: str | None = None) -> str:
+    """The artifact id (``<stage>/<key>``) at `path`: what keys hash instead of the path."""
+    artifact_id = read_manifest(path)["artifact_id"]
+    if stage is not None and not artifact_id.startswith(f"{stage}/"):
+        raise ArtifactError(f"{path}: a {artifact_id.split('/')[0]} artifact, expected a {stage} artifact")
+    return artifact_id
+
+
 @dataclass
 class StageResult:
     """What a stage returns and a flow passes on: small, JSON-friendly, no models."""
@@ -151,6 +172,7 @@ def write_manifest(
     metrics: dict[str, Any],
     started: float,
     run_context: dict[str, Any] | None = None,
+    resolved: dict[str, str] | None = None,
 ) -> None:
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     manifest = {
@@ -161,6 +183,7 @@ def write_manifest(
         "duration_s": round(time.time() - started, 2),
         "inputs": inputs,
         "identity": identity,
+        "resolved": resolved or {},  # what each `auto` setting became on this machine
         "code_version": code_version(),
         "libraries": library_versions(),
         "metrics": metrics,

@@ -20,8 +20,8 @@ import yaml
 from jinja2 import meta
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from alignment.config.loader import _line_of, describe
 from alignment.prompts import environment
-from alignment.recipes import _line_of, describe
 
 TEMPLATE_VARS = {"prompt", "response"}
 ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")

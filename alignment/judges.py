@@ -1,17 +1,18 @@
-"""LLM judges (ours: TRL 1.16 removed its judges): pairwise, multiple choice with soft labels, rubric.
+"""LLM judges (ours: TRL 1.16 removed its judges): pairwise, and multiple choice with soft labels.
 
-All of them talk to a generation ``Engine``, so the judge can be the default model, a bigger local one or
-an endpoint. Multiple choice follows the Constitutional AI paper's feedback method (Bai et al. 2022,
-arXiv:2212.08073, §4.1): the judge is asked a question with lettered options and the normalised
-probabilities of the option letters are the soft labels. Pairwise asks in both orders, so the position
-bias of the judge is measured, not hidden; a near-even verdict is a tie.
+Both talk to a generation ``Engine``, so the judge can be the default model, a bigger local one or an
+endpoint. Multiple choice follows the Constitutional AI paper's feedback method (Bai et al. 2022,
+arXiv:2212.08073, §4.1): the judge is asked a question with lettered options (a template in
+``prompts/``) and the normalised probabilities of the option letters are the soft labels. Pairwise asks
+in both orders, so the position bias of the judge is measured, not hidden; a near-even verdict is a tie.
+The judge's own accuracy is the ``calibrate`` stage's job.
 """
 
 import math
-import re
 from dataclasses import dataclass
+from typing import Any
 
-from alignment.generation.base import Engine
+from alignment.generation.base import Chat, Engine
 from alignment.prompts import render, template_version
 from alignment.stats import bootstrap_ci
 
@@ -31,20 +32,22 @@ def _user(text: str) -> list[dict[str, str]]:
 
 
 class MultipleChoiceJudge:
-    template = "judge_choice.jinja"
+    """Questions with lettered options, rendered from `template`; per item the probabilities of its
+    options (letters scored right after the assistant turn starts). `prefix` turns (worked examples)
+    may precede each question."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, template: str):
+        self.engine, self.template = engine, template
 
     @property
     def version(self) -> str:
         return template_version(self.template)
 
-    def choose(self, questions: list[str], contexts: list[str], options: list[list[str]]) -> list[list[float]]:
-        """Per item, the probabilities of its options (letters scored right after the answer starts)."""
-        chats = [_user(render(self.template, question=q, context=c, options=o))
-                 for q, c, o in zip(questions, contexts, options, strict=True)]
-        letters = [[LETTERS[i] for i in range(len(o))] for o in options]
+    def choose(self, items: list[dict[str, Any]], n_options: int | list[int],
+               prefixes: list[Chat] | None = None) -> list[list[float]]:
+        counts = [n_options] * len(items) if isinstance(n_options, int) else n_options
+        chats = [list(prefixes[i] if prefixes else []) + _user(render(self.template, **v)) for i, v in enumerate(items)]
+        letters = [[LETTERS[i] for i in range(n)] for n in counts]
         return [normalise(lp) for lp in self.engine.score(chats, letters)]
 
 
@@ -87,41 +90,3 @@ def win_rate(verdicts: list[PairwiseVerdict], n_boot: int = 1000, seed: int = 0)
     return {"win_rate": mean, "win_rate_ci_low": lo, "win_rate_ci_high": hi, "n": len(scores),
             "ties": sum(v.winner == "tie" for v in verdicts),
             "position_bias": sum(v.p_first for v in verdicts) / len(verdicts) - 0.5}
-
-
-def calibrate(judge: PairwiseJudge, questions: list[str], chosen: list[str], rejected: list[str],
-              n_boot: int = 1000, seed: int = 0) -> dict[str, float | bool]:
-    """The judge's own accuracy on pairs with a known better answer; meaningful if the CI clears 0.5."""
-    stats = win_rate(judge.compare(questions, chosen, rejected), n_boot, seed)
-    return {"accuracy": stats["win_rate"], "accuracy_ci_low": stats["win_rate_ci_low"],
-            "accuracy_ci_high": stats["win_rate_ci_high"], "n": stats["n"], "position_bias": stats["position_bias"],
-            "meaningful": stats["win_rate_ci_low"] > 0.5}
-
-
-@dataclass
-class RubricScore:
-    score: int | None  # None when no number 1-10 could be read from the judgement
-    raw: str
-
-
-SCORE = re.compile(r"score\s*[:=]?\s*(10|[1-9])\b", re.IGNORECASE)
-
-
-def parse_score(text: str) -> int | None:
-    m = SCORE.search(text) or re.search(r"\b(10|[1-9])\b", text)
-    return int(m.group(1)) if m else None
-
-
-class RubricJudge:
-    template = "judge_rubric.jinja"
-
-    def __init__(self, engine: Engine, rubric: str):
-        self.engine, self.rubric = engine, rubric
-
-    def score(self, questions: list[str], responses: list[str]) -> list[RubricScore]:
-        from alignment.config import GenerationSpec
-
-        chats = [_user(render(self.template, question=q, response=r, rubric=self.rubric))
-                 for q, r in zip(questions, responses, strict=True)]
-        outs = self.engine.generate(chats, GenerationSpec(max_new_tokens=32))
-        return [RubricScore(score=parse_score(o.text), raw=o.text) for o in outs]

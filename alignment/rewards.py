@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from alignment.config import ModelSpec, RewardSources, RuleReward
 from alignment.generation.base import Chat
 
+JUDGE_TEMPLATE = "reward_judge.jinja"  # option (A) is "Yes": its probability is the judge's reward term
+
 
 def chat_text(tok, chat: Chat | str, response: str | list[dict[str, str]]) -> str:
     """The text a reward model scores: the chat template over prompt + assistant response."""
@@ -90,7 +92,7 @@ class RewardFunction:
             from alignment.judges import MultipleChoiceJudge
 
             fn._engine = load_engine(sources.judge.model, sources.judge.engine)
-            fn.judge = MultipleChoiceJudge(fn._engine)
+            fn.judge = MultipleChoiceJudge(fn._engine, JUDGE_TEMPLATE)
         return fn
 
     def __call__(self, chats: list[Chat], responses: list[str]) -> tuple[list[float], dict[str, list[float]]]:
@@ -107,9 +109,8 @@ class RewardFunction:
             from alignment.data import prompt_texts
 
             qs = prompt_texts([{"prompt": c} for c in chats])
-            probs = self.judge.choose([s.judge_question] * len(responses),
-                                      [f"User message: {q}\n\nResponse: {r}" for q, r in zip(qs, responses, strict=True)],
-                                      [["Yes", "No"]] * len(responses))
+            probs = self.judge.choose([{"prompt": q, "response": r, "question": s.judge_question}
+                                       for q, r in zip(qs, responses, strict=True)], 2)
             terms["judge"] = [p[0] for p in probs]
             total = [t + s.judge_weight * v for t, v in zip(total, terms["judge"], strict=True)]
         return total, terms

@@ -5,8 +5,8 @@
 A SmolLM2-135M-shaped model with random weights (throughput does not depend on weight values) and the
 SmolLM2 tokenizer from --tok. On a GPU, `adapter.mode: auto` means full fine-tuning in bf16 and DPO keeps
 a frozen reference copy. Prints one JSON line per measurement; ``ratio`` is our train time over plain
-TRL's (1.0 = no overhead in the training loop); ``stage_wall_s`` adds loading, validation, held-out
-generation and saving the merged model, which plain TRL does not do.
+TRL's (1.0 = no overhead in the training loop); ``stage_wall_s`` adds loading, validation, keying and
+saving the merged model, which plain TRL does not do (held-out answers are the respond stage's job).
 """
 
 import argparse
@@ -82,13 +82,12 @@ def main() -> None:
     from alignment.config import DataSpec, DPOStageConfig, ModelSpec, SFTStageConfig, TrainSpec
     from alignment.data import load_data
     from alignment.stages import dpo, sft
-    from alignment.stages.common import trainer_kwargs
     from alignment.stages.sft import to_prompt_completion
+    from alignment.training import trainer_kwargs
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     model_dir = build_model(args.tok, Path(tempfile.mkdtemp()) / f"smollm2-{args.shape}-random", args.shape)
     train = TrainSpec(learning_rate=1e-5, epochs=args.epochs, batch_size=8, max_length=192, logging_steps=5)
-    prompts = DataSpec(path="data/eval_prompts.jsonl")
     scratch = Path(tempfile.mkdtemp())
 
     sft_rows = [to_prompt_completion(r) for r in load_data(DataSpec(path="data/sft_train.jsonl"), "sft").rows]
@@ -97,7 +96,7 @@ def main() -> None:
     plain = [plain_sft(model_dir, sft_rows, kw)]
     full = {"mode": "full"}  # plain TRL below fine-tunes fully; on a GPU `auto` means the same
     cfg = SFTStageConfig(model=ModelSpec(name=str(model_dir)), data=DataSpec(path="data/sft_train.jsonl"),
-                         train=train, eval_prompts=prompts, adapter=full)
+                         train=train, adapter=full)
     t0 = time.perf_counter()
     ours = sft.run(cfg)
     wall = time.perf_counter() - t0
@@ -113,8 +112,7 @@ def main() -> None:
     plain_dpo(model_dir, pref, {**kw, "max_steps": 10}, 0.1)  # warm-up, not counted
     plain = [plain_dpo(model_dir, pref, kw, 0.1)]
     cfg = DPOStageConfig(model=ModelSpec(name=ours.path), data=DataSpec(path="data/pref_train.jsonl"),
-                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, eval_prompts=prompts,
-                         adapter=full)
+                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, adapter=full)
     t0 = time.perf_counter()
     ours_dpo = dpo.run(cfg)
     wall = time.perf_counter() - t0

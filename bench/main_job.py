@@ -78,7 +78,9 @@ def main() -> None:
     args = p.parse_args()
     server.apply_defaults()
     server.ensure_serving(args.recipe)
-    refresh = [] if args.no_refresh else ["baseline", "sft", "dpo"]
+    from flows.sft_to_dpo import STEPS
+
+    refresh = [] if args.no_refresh else list(STEPS)  # every step recomputed
     fr, wall = trigger_and_wait("sft-to-dpo/sft-to-dpo", {"refresh": refresh})
     rows, compute = stage_rows(fr), compute_seconds(fr)
     for r in rows:

@@ -4,10 +4,12 @@
 
 Prompts: ``data/redteam_train.jsonl`` for training and ``data/redteam_prompts.jsonl`` held out (harmful
 requests, where a harmlessness reward model such as the one ``bench/reward_hh.py`` trains on HH-RLHF has
-something to say). For each algorithm one JSON line: the held-out reward of the start model (the
-baseline, measured in the same run) and of the trained policy with 95% intervals, the paired gain, KL to
-the reference on policy samples, length drift, and wall time. The same number of sampled responses per
-algorithm: PPO 16 prompts × 1 response per iteration, GRPO/RLOO 4 prompts × 4 responses per step.
+something to say). The start model's held-out answers (the baseline, measured in the same run) and each
+trained policy's come from the ``respond`` stage; ``evaluate`` (no judge) scores both with the reward
+model and estimates KL(policy ‖ start) on policy samples, as the rlhf flow does. One JSON line per
+algorithm: held-out reward before and after with 95% intervals, the paired gain, KL, length drift, the
+training curve's first/last scores and wall time. The same number of sampled responses per algorithm:
+PPO 16 prompts × 1 response per iteration, GRPO/RLOO 4 prompts × 4 responses per step.
 """
 
 import argparse
@@ -16,7 +18,23 @@ import os
 import platform
 import time
 
-from alignment.config import GRPOStageConfig, PPOStageConfig, RLOOStageConfig
+from alignment.config import (
+    ArtifactRef,
+    EvaluateStageConfig,
+    GRPOStageConfig,
+    PPOStageConfig,
+    RespondStageConfig,
+    RLOOStageConfig,
+)
+from alignment.stages import evaluate, respond
+
+HELDOUT = {"path": "data/redteam_prompts.jsonl"}
+ANSWERS = {"max_new_tokens": 48}
+KL = {"temperature": 1.0, "max_new_tokens": 48}
+
+
+def answers(model: str):
+    return respond.run(RespondStageConfig(model={"name": model}, sets={"heldout": HELDOUT}, generation=ANSWERS))
 
 
 def main() -> None:
@@ -27,8 +45,7 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     args = p.parse_args()
     common = {"model": {"name": args.model}, "prompts": {"path": "data/redteam_train.jsonl"},
-              "eval_prompts": {"path": "data/redteam_prompts.jsonl"}, "reward": {"model": {"name": args.reward_model}},
-              "generation": {"max_new_tokens": 48}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
+              "reward": {"model": {"name": args.reward_model}}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
     configs = {
         # no missing-EOS penalty here: at 48 new tokens most answers are cut, and the penalty would make
         # "stop early" the main thing learned; the held-out numbers are the reward model's alone either way
@@ -41,26 +58,29 @@ def main() -> None:
                                 train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
                                        "logging_steps": 1}),
     }
+    before = answers(args.model)
     for algo in args.algorithms:
         from importlib import import_module
 
         start = time.time()
         res = import_module(f"alignment.stages.{algo}").run(configs[algo])
-        m = res.metrics
+        after = answers(res.path)
+        m = evaluate.run(EvaluateStageConfig(policy=ArtifactRef(path=after.path), reference=ArtifactRef(path=before.path),
+                                             judge=None, reward_model={"name": args.reward_model}, kl=KL)).metrics
         r = lambda k, m=m: round(m[k], 4)  # noqa: E731
         print(json.dumps({
             "bench": f"rl_default.{algo}", "machine": f"{platform.machine()} {os.cpu_count()} cores",
-            "model": args.model, "heldout_prompts": m["heldout_prompts"],
-            "reward_before": r("heldout_reward_before_mean"),
-            "reward_before_ci95": [r("heldout_reward_before_ci_low"), r("heldout_reward_before_ci_high")],
-            "reward_after": r("heldout_reward_after_mean"),
-            "reward_after_ci95": [r("heldout_reward_after_ci_low"), r("heldout_reward_after_ci_high")],
-            "gain": r("heldout_reward_gain_mean"), "gain_ci95": [r("heldout_reward_gain_ci_low"), r("heldout_reward_gain_ci_high")],
-            "kl_k3": r("heldout_kl_k3_mean"), "kl_k3_ci95": [r("heldout_kl_k3_ci_low"), r("heldout_kl_k3_ci_high")],
-            "kl_k1": r("heldout_kl_k1_mean"), "length_before": r("heldout_length_before"),
-            "length_after": r("heldout_length_after"), "length_drift": r("heldout_length_drift_ratio"),
-            "train_first3": m.get("train_score_first3", m.get("train_reward_first3")),
-            "train_last3": m.get("train_score_last3", m.get("train_reward_last3")),
+            "model": args.model, "heldout_prompts": len(respond.read_responses(after)["heldout"]),
+            "reward_before": r("reward_reference_mean"),
+            "reward_before_ci95": [r("reward_reference_ci_low"), r("reward_reference_ci_high")],
+            "reward_after": r("reward_policy_mean"),
+            "reward_after_ci95": [r("reward_policy_ci_low"), r("reward_policy_ci_high")],
+            "gain": r("reward_diff_mean"), "gain_ci95": [r("reward_diff_ci_low"), r("reward_diff_ci_high")],
+            "kl_k3": r("kl_k3_mean"), "kl_k3_ci95": [r("kl_k3_ci_low"), r("kl_k3_ci_high")],
+            "kl_k1": r("kl_k1_mean"), "length_before": r("length_heldout_reference_mean"),
+            "length_after": r("length_heldout_policy_mean"), "length_drift": r("length_drift_ratio"),
+            "train_first3": res.metrics.get("train_score_first3", res.metrics.get("train_reward_first3")),
+            "train_last3": res.metrics.get("train_score_last3", res.metrics.get("train_reward_last3")),
             "wall_s": round(time.time() - start, 1), "artifact": res.path}), flush=True)
 
 

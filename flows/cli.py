@@ -18,12 +18,13 @@ import json
 import sys
 from typing import Any
 
+from alignment import stages
+from alignment.config.loader import RecipeError, load_yaml_model, recipe_path
 from alignment.constitution import ConstitutionError
 from alignment.data import DataError
 from alignment.models import ModelError
-from alignment.recipes import RecipeError, load_yaml_model, recipe_path
-from alignment.stages import ALL_STAGES
 from flows import server
+from flows.registry import FLOWS
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -59,21 +60,20 @@ def cmd_run(a) -> None:
 
 
 def cmd_stage(a) -> None:
-    from alignment.stages import config_class, runner
-
-    cls = config_class(a.stage)
-    result = runner(a.stage)(load_yaml_model(a.config, cls, _parse_params(a.param)))
+    config = load_yaml_model(a.config, stages.spec(a.stage).config, _parse_params(a.param))
+    result = stages.runner(a.stage)(config)
     print(json.dumps(result.to_dict(), indent=2, default=str))
 
 
 def _latest_run_id() -> str | None:
+    """The latest run of any of the project's flows (sft-to-dpo, constitutional-ai, rlhf)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as c:
-        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["sft-to-dpo"])),
-                                sort=FlowRunSort.START_TIME_DESC, limit=1)
+        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(FLOWS))),
+                                sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
     return str(runs[0].id) if runs else None
 
 
@@ -84,7 +84,7 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
     server.apply_defaults()
     run_id = run_id or _latest_run_id()
     if run_id is None:
-        print("no sft-to-dpo run yet")
+        print(f"no run of {', '.join(FLOWS)} yet")
         return
     with get_client(sync_client=True) as c:
         run = c.read_flow_run(run_id)
@@ -121,7 +121,7 @@ def wait(run_id: str | None, poll: float = 2.0) -> bool:
 
     run_id = run_id or _latest_run_id()
     if run_id is None:
-        print("no sft-to-dpo run yet")
+        print(f"no run of {', '.join(FLOWS)} yet")
         return False
     last, t0 = "", time.time()
     with get_client(sync_client=True) as c:
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage or step to force, e.g. dpo, feedback or reward")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
-    s.add_argument("stage", choices=ALL_STAGES)
+    s.add_argument("stage", choices=stages.names())
     s.add_argument("--config", required=True)
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_stage)
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="UI address and results of a flow run")
     s.add_argument("run_id", nargs="?")
     s.set_defaults(fn=lambda a: summary(a.run_id))
-    s = sub.add_parser("wait", help="follow a flow run until it ends (default: the latest sft-to-dpo run)")
+    s = sub.add_parser("wait", help="follow a flow run until it ends (default: the latest run of any flow)")
     s.add_argument("run_id", nargs="?")
     s.set_defaults(fn=lambda a: sys.exit(0 if wait(a.run_id) else 1))
     s = sub.add_parser("validate", help="validate recipes and their data")

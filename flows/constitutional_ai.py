@@ -6,8 +6,10 @@
 initial answers (generate) → critique_revise (SL-CAI) → sft on the revisions mixed with helpful data →
 two samples per prompt from the SL-CAI model (generate) → feedback (RL-CAI soft labels) → RL-CAI:
 `rl_method: dpo` trains DPO on the AI preferences; `rl_method: ppo` is the paper's method, a preference
-model trained on the soft labels (`preference_model`) and PPO against it on the red-team prompts →
-evaluate: SL-CAI vs the helpful model ("before") and RL-CAI vs SL-CAI ("after").
+model trained on the soft labels (`preference_model`) and PPO against it on the red-team prompts.
+Held-out answers of the helpful, SL-CAI and RL-CAI models (`respond_*`) → calibrate → evaluate_sl
+(SL-CAI vs the helpful model, "before") and evaluate_rl (RL-CAI vs SL-CAI, "after"); with `ppo` the
+preference model scores the held-out answers too.
 Editing a principle changes the constitution hash: critique_revise and everything after it run again,
 the initial answers come from cache. No ML logic here; stages live in ``alignment.stages``.
 """
@@ -23,7 +25,6 @@ from alignment.config import (
     CritiqueReviseStageConfig,
     DataSpec,
     DPOStageConfig,
-    EvaluateStageConfig,
     FeedbackStageConfig,
     GenerateStageConfig,
     PPOStageConfig,
@@ -31,23 +32,24 @@ from alignment.config import (
     RewardStageConfig,
     SFTStageConfig,
 )
+from alignment.config.loader import validate_model
 from alignment.constitution import load_constitution
 from alignment.data import load_data
-from alignment.recipes import validate_model
-from flows import cai_reports, reports
+from alignment.stages import spec
+from flows import cai_reports, evaluation, reports
+from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain
 
 FLOW = "constitutional-ai"
-STEPS = ("initial", "critique_revise", "sl_cai", "samples", "feedback", "preference_model", "rl_cai", "evaluate_sl",
-         "evaluate_rl")
-Step = Literal["initial", "critique_revise", "sl_cai", "samples", "feedback", "preference_model", "rl_cai",
-               "evaluate_sl", "evaluate_rl"]
+STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
+         "preference_model", "rl_cai", "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl")
+Step = Literal[STEPS]  # type: ignore[valid-type]  (the UI offers these in `refresh`)
 
 
 def steps(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
-    return tuple(s for s in STEPS if (s != "preference_model" or recipe.rl_method == "ppo")
-                 and (recipe.evaluate is not None or not s.startswith("evaluate")))
+    core = tuple(s for s in STEPS[:10] if s != "preference_model" or recipe.rl_method == "ppo")
+    return core + evaluation.steps(recipe, ("evaluate_sl", "evaluate_rl"))
 
 
 def preflight(recipe: ConstitutionalAIRecipe) -> None:
@@ -56,9 +58,14 @@ def preflight(recipe: ConstitutionalAIRecipe) -> None:
     if not c.for_revision() or not c.for_feedback():
         raise ValueError(f"{recipe.constitution.path}: needs critique/revision principles and comparison principles")
     load_data(recipe.redteam_prompts, "prompts")
-    load_data(recipe.eval_prompts, "prompts")
     if recipe.sft.mix_data:
         load_data(recipe.sft.mix_data, "sft")
+    evaluation.preflight(recipe)
+
+
+def data_of(result: dict, stage: str, output: str) -> DataSpec:
+    """A stage result's named output file as data for the next step."""
+    return DataSpec(path=str(spec(stage).output(result, output)))
 
 
 @flow(name=FLOW, log_prints=True, persist_result=False,
@@ -70,48 +77,39 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
     preflight(recipe)
     chain = Chain(list(refresh or []))
     run = chain.run
-
-    def at(result: dict, name: str) -> DataSpec:
-        return DataSpec(path=f"{result['path']}/{name}")
-
-    def model_of(result: dict):
-        return recipe.model.model_copy(update={"name": result["path"]})
-
-    common = {"eval_prompts": recipe.eval_prompts, "generation": recipe.generation}
-    initial = run("initial", "generate", GenerateStageConfig(
-        model=recipe.model, prompts=recipe.redteam_prompts, engine=recipe.engine, **common))
-    revised = run("critique_revise", "critique_revise", CritiqueReviseStageConfig(
-        model=recipe.model, initial=at(initial, "completions.jsonl"), constitution=recipe.constitution,
-        **{**dict(recipe.critique), "engine": recipe.engine}, **common))
+    helpful_answers = run("respond_helpful", respond_config(recipe, recipe.model))
+    initial = run("initial", GenerateStageConfig(model=recipe.model, prompts=recipe.redteam_prompts,
+                                                 engine=recipe.engine, generation=recipe.generation))
+    revised = run("critique_revise", CritiqueReviseStageConfig(
+        model=recipe.model, initial=data_of(initial, "generate", "completions"), constitution=recipe.constitution,
+        generation=recipe.generation, **{**dict(recipe.critique), "engine": recipe.engine}))
     if revised["metrics"]["prompts_with_revision"] == 0:
         m = revised["metrics"]
         raise ValueError(f"critique_revise kept no revision ({m['filtered_empty']} empty, {m['filtered_unchanged']} unchanged, "
-                         f"{m.get('filtered_copied', 0)} copied, {m['filtered_repeated']} repetitive of "
+                         f"{m['filtered_copied']} copied, {m['filtered_repeated']} repetitive of "
                          f"{m['revisions_total']}): nothing to "
                          "fine-tune on; see the cai-revisions table and try more rounds, a larger "
                          "generation.max_new_tokens or a stronger model")
-    sl = run("sl_cai", "sft", SFTStageConfig(model=recipe.model, data=at(revised, "sft.jsonl"),
-                                             **dict(recipe.sft), **common))
-    samples = run("samples", "generate", GenerateStageConfig(
-        model=model_of(sl), prompts=recipe.redteam_prompts, engine=recipe.engine, num_samples=2,
-        eval_prompts=recipe.eval_prompts, generation=recipe.samples))
-    labels = run("feedback", "feedback", FeedbackStageConfig(
-        samples=at(samples, "completions.jsonl"), constitution=recipe.constitution, **dict(recipe.feedback),
-        **common))
+    sl = model_from(run("sl_cai", SFTStageConfig(model=recipe.model, data=data_of(revised, "critique_revise", "sft"),
+                                                 **dict(recipe.sft))), recipe.model)
+    sl_answers = run("respond_sl_cai", respond_config(recipe, sl))
+    samples = run("samples", GenerateStageConfig(model=sl, prompts=recipe.redteam_prompts, engine=recipe.engine,
+                                                 num_samples=2, generation=recipe.samples))
+    labels = run("feedback", FeedbackStageConfig(samples=data_of(samples, "generate", "completions"),
+                                                 constitution=recipe.constitution, **dict(recipe.feedback)))
+    preferences = data_of(labels, "feedback", "preferences")
+    preference_model = None
     if recipe.rl_method == "dpo":
-        rl = run("rl_cai", "dpo", DPOStageConfig(model=model_of(sl), data=at(labels, "preferences.jsonl"),
-                                                **dict(recipe.dpo), **common))
+        rl = run("rl_cai", DPOStageConfig(model=sl, data=preferences, **dict(recipe.dpo)))
     else:  # the paper: a preference model on the soft labels, then PPO against it
-        pm = run("preference_model", "reward", RewardStageConfig(
-            model=model_of(sl), data=at(labels, "preferences.jsonl"), **dict(recipe.preference_model), **common))
-        rl = run("rl_cai", "ppo", PPOStageConfig(model=model_of(sl), prompts=recipe.redteam_prompts,
-                                                reward=RewardSources(model=model_of(pm)), **dict(recipe.ppo), **common))
-    if recipe.evaluate is not None:
-        run("evaluate_sl", "evaluate", EvaluateStageConfig(model=model_of(sl), reference=recipe.model,
-                                                           **dict(recipe.evaluate), **common))
-        run("evaluate_rl", "evaluate", EvaluateStageConfig(model=model_of(rl), reference=model_of(sl),
-                                                           **dict(recipe.evaluate), **common))
-    reports.publish_stages(chain.results, chain.states)
+        preference_model = model_from(run("preference_model", RewardStageConfig(
+            model=sl, data=preferences, **dict(recipe.preference_model))), recipe.model)
+        rl = run("rl_cai", PPOStageConfig(model=sl, prompts=recipe.redteam_prompts,
+                                          reward=RewardSources(model=preference_model), **dict(recipe.ppo)))
+    rl_answers = run("respond_rl_cai", respond_config(recipe, model_from(rl, recipe.model)))
+    evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
+                   reward_model=preference_model)
+    headline = reports.publish(FLOW, chain.results, chain.states)
     cai_reports.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
                         create_table_artifact)
-    return {"stages": chain.summary(), "metrics": cai_reports.headline(chain.results)}
+    return {"stages": chain.summary(), "metrics": headline}

@@ -9,14 +9,13 @@ from typing import Any
 from pydantic import BaseModel
 
 from alignment.config import ConstitutionalAIRecipe, RLHFRecipe, SftToDpoRecipe
-from alignment.recipes import load_yaml_model, recipe_path
+from alignment.config.loader import load_yaml_model, recipe_path
 
 FLOWS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "sft-to-dpo": ("flows.sft_to_dpo", "sft_to_dpo", SftToDpoRecipe),
     "constitutional-ai": ("flows.constitutional_ai", "constitutional_ai", ConstitutionalAIRecipe),
     "rlhf": ("flows.rlhf", "rlhf", RLHFRecipe),
 }
-DEFAULT_RECIPE = {"sft-to-dpo": "sft-to-dpo", "constitutional-ai": "constitutional-ai", "rlhf": "rlhf"}
 
 
 def flow_name_for(path: Path) -> str:
@@ -44,3 +43,8 @@ def flow_function(flow: str):
 
 def preflight(flow: str, recipe: BaseModel) -> None:
     flow_module(flow).preflight(recipe)
+
+
+def steps(flow: str, recipe: BaseModel) -> tuple[str, ...]:
+    """The steps a recipe runs in its flow, in order (each flow module's ``steps``)."""
+    return flow_module(flow).steps(recipe)

@@ -1,8 +1,10 @@
 """Prefect UI artifacts for a finished run, created at flow level so cached stages show too.
 
-Per stage: a markdown summary (status, config, inputs with hashes, metrics, location) and its training
-curves (a plot embedded as an image, sparklines and a compact table); per run: a table of held-out
-prompts with the responses before and after each stage, and a results card.
+Per step: a markdown summary (status, config, inputs with hashes, metrics, location), its report and
+rollouts when the stage writes them, and its training curves (a plot embedded as an image, sparklines
+and a compact table); per run: a table of held-out prompts with every `respond` step's answers, and a
+results card with every step's headline metrics. What a stage writes, plots and reports comes from its
+``SPEC`` (``alignment.stages.contract``); nothing here names a stage.
 """
 
 import base64
@@ -15,16 +17,11 @@ import yaml
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from alignment.data import prompt_texts
-from alignment.generation import read_samples
-from alignment.stages.common import read_curves
+from alignment.stages import respond, spec
+from alignment.training import read_curves
 
 SPARK = "▁▂▃▄▅▆▇█"
-CURVE_KEYS = {"sft": ("loss",), "dpo": ("loss", "rewards/margins", "rewards/accuracies"),
-              "reward": ("loss", "accuracy", "margin"),
-              "ppo": ("score", "kl", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length"),
-              "grpo": ("reward", "kl", "entropy", "completions/mean_length"),
-              "rloo": ("reward", "kl", "entropy", "completions/mean_length")}
-RESPONSE_STAGES = ("baseline", "sft", "dpo", "ppo", "grpo", "rloo")
+RESPOND_PREFIX = "respond_"  # a respond step labelled respond_<name> is the table's column <name>
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -45,9 +42,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def curves_png(stage: str, history: list[dict[str, Any]]) -> str | None:
+def curves_png(stage: str, keys: list[str], history: list[dict[str, Any]]) -> str | None:
     """A small PNG of the curves as a data URI (Prefect image artifacts need a URL; markdown takes this)."""
-    keys = [k for k in CURVE_KEYS.get(stage, ()) if any(k in h for h in history)]
     if not keys:
         return None
     import matplotlib
@@ -70,12 +66,12 @@ def curves_png(stage: str, history: list[dict[str, Any]]) -> str | None:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def curves_markdown(stage: str, history: list[dict[str, Any]]) -> str:
-    keys = [k for k in CURVE_KEYS.get(stage, ()) if any(k in h for h in history)]
+def curves_markdown(stage: str, curves: tuple[str, ...], history: list[dict[str, Any]]) -> str:
+    keys = [k for k in curves if any(k in h for h in history)]
     lines = [f"# {stage}: training curves", ""]
     if not keys:
-        return "\n".join(lines + ["No training curve (this stage does not train)."])
-    png = curves_png(stage, history)
+        return "\n".join(lines + ["No training curve was logged."])
+    png = curves_png(stage, keys, history)
     if png:
         lines += [f"![{stage} curves]({png})", ""]
     lines += ["| metric | first | last | min | max | curve |", "|---|---|---|---|---|---|"]
@@ -124,13 +120,15 @@ def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
 
 
 def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
-    columns = {stage: read_samples(r["path"]) for stage, r in results.items() if stage in RESPONSE_STAGES}
+    """Held-out prompts, one column per respond step (in run order), named after its label."""
+    columns = {label.removeprefix(RESPOND_PREFIX): respond.read_responses(r).get("heldout", [])
+               for label, r in results.items() if r["stage"] == respond.SPEC.name}
     first = next((rows for rows in columns.values() if rows), [])
     table = []
     for i, prompt in enumerate(prompt_texts(first)):
         row = {"prompt": prompt}
-        for stage, rows in columns.items():
-            row["base" if stage == "baseline" else stage] = rows[i]["response"] if i < len(rows) else ""
+        for name, rows in columns.items():
+            row[name] = rows[i]["response"] if i < len(rows) else ""
         table.append(row)
     return table
 
@@ -142,53 +140,47 @@ def key_of(label: str) -> str:
 def publish_stages(results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> None:
     """Per task (label): its summary, its report if it wrote one, its training curves if it trained."""
     for label, result in results.items():
-        stage, key = result["stage"], key_of(label)
+        stage, key = spec(result["stage"]), key_of(label)
         create_markdown_artifact(stage_markdown(label, result, statuses[label]), key=f"{key}-summary",
                                  description=f"{label}: status, metrics, inputs and config")
-        report = Path(result["path"]) / "report.md"
-        if report.is_file():
+        report = stage.output(result, "report") if "report" in stage.outputs else None
+        if report is not None and report.is_file():
             create_markdown_artifact(report.read_text(), key=f"{key}-report", description=f"{label}: the readable report")
-        rollouts = Path(result["path"]) / "rollouts.jsonl"
-        if rollouts.is_file():
+        rollouts = stage.output(result, "rollouts") if "rollouts" in stage.outputs else None
+        if rollouts is not None and rollouts.is_file():
             rows = [json.loads(line) for line in rollouts.read_text(encoding="utf-8").splitlines() if line.strip()]
             if rows:
                 create_table_artifact(rows, key=f"{key}-rollouts",
                                       description=f"{label}: sample rollouts (every sample_every iterations)")
-        if stage in CURVE_KEYS:
-            create_markdown_artifact(curves_markdown(stage, read_curves(result["path"])), key=f"{key}-curves",
-                                     description=f"{label}: training curves")
+        if stage.curves:
+            create_markdown_artifact(curves_markdown(label, stage.curves, read_curves(result["path"])),
+                                     key=f"{key}-curves", description=f"{label}: training curves")
 
 
-def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str],
-            headline: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Create every UI artifact of one run (stage summaries, responses table, results card with
-    `headline`, by default sft-to-dpo's numbers); returns the headline numbers."""
+def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, str]) -> dict[str, Any]:
+    """Create every UI artifact of one run (step summaries, responses table, results card with every
+    step's headline metrics); returns the headline numbers."""
     publish_stages(results, statuses)
     table = responses_table(results)
     if table:
         create_table_artifact(table, key=f"{flow}-responses",
-                              description="Held-out prompts: responses of the base model and after each stage")
-    headline = headline_metrics(results) if headline is None else headline
-    card = [f"# {flow}: results", "", "| stage | status | artifact |", "|---|---|---|"]
+                              description="Held-out prompts: the answers after each step that makes a model")
+    numbers = headline(results)
+    card = [f"# {flow}: results", "", "| step | status | artifact |", "|---|---|---|"]
     card += [f"| {s} | {statuses[s]} | `{r['key']}` |" for s, r in results.items()]
-    card += ["", "| metric | value |", "|---|---|", *[f"| {k} | {_fmt(v)} |" for k, v in headline.items()]]
+    card += ["", "| metric | value |", "|---|---|",
+             *[f"| {k} | {'not computed' if v is None else _fmt(v)} |" for k, v in numbers.items()]]
     create_markdown_artifact("\n".join(card), key=f"{flow}-results", description=f"{flow}: headline results")
-    return headline
+    return numbers
 
 
-def pick(results: dict[str, dict[str, Any]], label: str, keys: tuple[str, ...], prefix: str | None = None) -> dict[str, Any]:
-    """`keys` of step `label`'s metrics that it has, named ``<prefix>_<key>`` (prefix defaults to the label)."""
-    metrics = results.get(label, {}).get("metrics", {})
-    return {f"{prefix if prefix is not None else label}_{k}": metrics[k] for k in keys if k in metrics}
-
-
-def headline_metrics(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    return {
-        **pick(results, "sft", ("loss_first", "loss_last", "train_seconds")),
-        **pick(results, "dpo", ("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds")),
-        **pick(results, "evaluate", (
-            "win_rate", "win_rate_ci_low", "win_rate_ci_high", "position_bias", "judge_model",
-            "judge_calibration_accuracy", "judge_calibration_meaningful", "length_drift_ratio",
-            "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
-            "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate")),
-    }
+def headline(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Every step's headline metrics (its stage's ``SPEC.headline``), named ``<label>_<metric>``. A result
+    without one is an error: the stage broke its contract (the stage checks it when it commits)."""
+    out: dict[str, Any] = {}
+    for label, result in results.items():
+        for k in spec(result["stage"]).headline:
+            if k not in result["metrics"]:
+                raise KeyError(f"{label}: the {result['stage']} result has no headline metric {k!r}")
+            out[f"{label}_{k}"] = result["metrics"][k]
+    return out

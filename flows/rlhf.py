@@ -1,12 +1,14 @@
-"""The `rlhf` flow: base model → SFT → reward model → PPO (or GRPO / RLOO) → evaluate, every stage cached.
+"""The `rlhf` flow: base model → SFT → reward model → PPO (or GRPO / RLOO) → evaluate, every step cached.
 
     prefect deployment run rlhf/rlhf                                   # the recipe the deployment serves
     prefect deployment run rlhf/rlhf -p overrides='{"algorithm": "grpo"}'
     prefect deployment run rlhf/rerun-reward                           # reward again, then everything after it
 
-The reward model starts from the SFT model (as in InstructGPT) and scores the RL rollouts; the weighted
-`reward_mix` (rule, judge) is added to its score. The evaluate stage compares the RL policy with the SFT
-model (judge, refusals, length) and scores both with the reward model. No ML logic here.
+Steps: respond_base → sft → respond_sft → reward → ppo|grpo|rloo → respond_<algorithm> → calibrate →
+evaluate. The reward model starts from the SFT model (as in InstructGPT) and scores the RL rollouts; the
+weighted `reward_mix` (rule, judge) is added to its score. `evaluate` compares the policy's held-out
+answers with the SFT model's: the reward model scores both (the held-out reward gain), KL to the SFT
+model on policy samples (`evaluate.kl`), judge, refusals and length. No ML logic here.
 """
 
 # No `from __future__ import annotations`: Prefect needs real annotations for pydantic parameters.
@@ -15,64 +17,61 @@ from typing import Any, Literal
 from prefect import flow
 
 from alignment.config import (
-    BaselineStageConfig,
-    EvaluateStageConfig,
     GRPOStageConfig,
+    ModelSpec,
     PPOStageConfig,
     RewardSources,
     RewardStageConfig,
+    RLAlgorithm,
     RLHFRecipe,
     RLOOStageConfig,
     SFTStageConfig,
 )
-from alignment.data import load_data
-from alignment.recipes import validate_model
+from alignment.config.loader import validate_model
 from alignment.stages import reward, sft
-from flows import reports
+from flows import evaluation, reports
+from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain
 
 FLOW = "rlhf"
-Step = Literal["baseline", "sft", "reward", "ppo", "grpo", "rloo", "evaluate"]
-RL_CONFIG = {"ppo": PPOStageConfig, "grpo": GRPOStageConfig, "rloo": RLOOStageConfig}
+RL_CONFIG = {RLAlgorithm.ppo: PPOStageConfig, RLAlgorithm.grpo: GRPOStageConfig, RLAlgorithm.rloo: RLOOStageConfig}
+ALGORITHMS = tuple(a.value for a in RLAlgorithm)
+Step = Literal[("respond_base", "sft", "respond_sft", "reward", *ALGORITHMS,  # type: ignore[valid-type]
+                *(f"respond_{a}" for a in ALGORITHMS), "calibrate", "evaluate")]
 
 
 def steps(recipe: RLHFRecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
-    return (("baseline",) + (("sft",) if recipe.sft is not None else ()) + ("reward", recipe.algorithm)
-            + (("evaluate",) if recipe.evaluate is not None else ()))
+    algo = recipe.algorithm.value
+    sft_steps = ("sft", "respond_sft") if recipe.sft is not None else ()
+    return (("respond_base", *sft_steps, "reward", algo, f"respond_{algo}")
+            + evaluation.steps(recipe, ("evaluate",)))
 
 
-def stage_configs(recipe: RLHFRecipe, sft_model=None, reward_model=None, policy=None) -> dict[str, Any]:
-    """Every stage config of the recipe; upstream artifacts default to the base model (for preflight)."""
-    common = {"eval_prompts": recipe.eval_prompts, "generation": recipe.generation}
+def training_configs(recipe: RLHFRecipe, sft_model: ModelSpec | None = None,
+                     reward_model: ModelSpec | None = None) -> dict[str, Any]:
+    """SFT, reward and RL configs; upstream artifacts default to the base model (for preflight)."""
     start = sft_model or recipe.model
-    rm = reward_model or recipe.model
-    out: dict[str, Any] = {"baseline": BaselineStageConfig(model=recipe.model, **common)}
+    out: dict[str, Any] = {}
     if recipe.sft is not None:
-        out["sft"] = SFTStageConfig(model=recipe.model, **dict(recipe.sft), **common)
-    out["reward"] = RewardStageConfig(model=start, **dict(recipe.reward), **common)
-    sources = RewardSources(model=rm, **dict(recipe.reward_mix))
-    options = getattr(recipe, recipe.algorithm)
-    out[recipe.algorithm] = RL_CONFIG[recipe.algorithm](model=start, prompts=recipe.prompts, reward=sources,
-                                                       **dict(options), **common)
-    if recipe.evaluate is not None:
-        settings = {**dict(recipe.evaluate), "reward_model": rm}
-        out["evaluate"] = EvaluateStageConfig(model=policy or start, reference=start, **settings, **common)
+        out["sft"] = SFTStageConfig(model=recipe.model, **dict(recipe.sft))
+    out["reward"] = RewardStageConfig(model=start, **dict(recipe.reward))
+    sources = RewardSources(model=reward_model or recipe.model, **dict(recipe.reward_mix))
+    options = getattr(recipe, recipe.algorithm.value)
+    out["rl"] = RL_CONFIG[recipe.algorithm](model=start, prompts=recipe.prompts, reward=sources, **dict(options))
     return out
 
 
 def preflight(recipe: RLHFRecipe) -> None:
-    """All data of all stages, checked before the first one starts (no model is loaded)."""
-    from alignment.stages import evaluate
+    """All data of all steps, checked before the first one starts (no model is loaded)."""
+    from alignment.rl.stage import validate_rl
 
-    configs = stage_configs(recipe)
-    load_data(recipe.eval_prompts, "prompts")
-    load_data(recipe.prompts, "prompts")
+    configs = training_configs(recipe)
     if "sft" in configs:
         sft.validate(configs["sft"])
     reward.validate(configs["reward"])
-    if "evaluate" in configs:
-        evaluate.validate(configs["evaluate"])
+    validate_rl(configs["rl"])
+    evaluation.preflight(recipe)
 
 
 @flow(name=FLOW, log_prints=True, persist_result=False,
@@ -85,33 +84,15 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
         recipe = validate_model(recipe.model_dump(mode="json"), RLHFRecipe, "overrides", overrides=overrides)
     preflight(recipe)
     chain = Chain(list(refresh or []))
-
-    def model_of(result: dict):
-        return recipe.model.model_copy(update={"name": result["path"]})
-
-    chain.run("baseline", "baseline", stage_configs(recipe)["baseline"])
+    start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     sft_model = None
     if recipe.sft is not None:
-        sft_model = model_of(chain.run("sft", "sft", stage_configs(recipe)["sft"]))
-    rm = model_of(chain.run("reward", "reward", stage_configs(recipe, sft_model)["reward"]))
-    algo = recipe.algorithm
-    policy = model_of(chain.run(algo, algo, stage_configs(recipe, sft_model, rm)[algo]))
-    if recipe.evaluate is not None:
-        chain.run("evaluate", "evaluate", stage_configs(recipe, sft_model, rm, policy)["evaluate"])
-
-    headline = reports.publish(FLOW, chain.results, chain.states, headline_metrics(chain.results, algo))
+        sft_model = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
+        start_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
+    rm = model_from(chain.run("reward", training_configs(recipe, sft_model)["reward"]), recipe.model)
+    algo = recipe.algorithm.value
+    policy = model_from(chain.run(algo, training_configs(recipe, sft_model, rm)["rl"]), recipe.model)
+    policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, policy))
+    evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
+    headline = reports.publish(FLOW, chain.results, chain.states)
     return {"stages": chain.summary(), "metrics": headline}
-
-
-def headline_metrics(results: dict[str, dict[str, Any]], algorithm: str) -> dict[str, Any]:
-    return {
-        **reports.pick(results, "reward", ("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
-                                           "heldout_length_baseline_accuracy", "heldout_pairs")),
-        **reports.pick(results, algorithm, ("heldout_reward_before_mean", "heldout_reward_after_mean",
-                                            "heldout_reward_gain_mean", "heldout_reward_gain_ci_low",
-                                            "heldout_reward_gain_ci_high", "heldout_kl_k3_mean",
-                                            "heldout_length_drift_ratio", "train_seconds")),
-        **reports.pick(results, "evaluate", ("win_rate", "win_rate_ci_low", "win_rate_ci_high",
-                                             "judge_calibration_accuracy", "reward_diff_mean", "reward_diff_ci_low",
-                                             "reward_diff_ci_high", "length_drift_ratio")),
-    }

@@ -4,33 +4,33 @@
 
 Deployments (Prefect names are FLOW/DEPLOYMENT):
     sft-to-dpo/sft-to-dpo                  the recipe, everything cached that can be
-    sft-to-dpo/rerun-<stage>               the same with `refresh: [<stage>]`: that stage runs again, with
-                                           a new artifact key, so the stages after it run too
+    sft-to-dpo/rerun-<step>                the same with `refresh: [<step>]`: that step runs again, with a
+                                           new artifact key, so the steps after it run too
     constitutional-ai/constitutional-ai    the Constitutional AI recipe
     constitutional-ai/rerun-<step>         likewise, per step of the recipe (initial, critique_revise, sl_cai, ...)
     rlhf/rlhf                              SFT → reward model → PPO (or GRPO/RLOO) → evaluate
-    rlhf/rerun-<step>                      likewise, per step of the recipe (baseline, sft, reward, ppo, evaluate)
+    rlhf/rerun-<step>                      likewise, per step of the recipe (sft, reward, ppo, evaluate, ...)
 """
 
 import argparse
 
 from prefect import serve
 
-from alignment.config import STAGES
-from alignment.recipes import recipe_path
-from flows.constitutional_ai import constitutional_ai
-from flows.constitutional_ai import steps as cai_steps
-from flows.registry import load_recipe
-from flows.rlhf import rlhf, steps
-from flows.sft_to_dpo import sft_to_dpo
+from alignment.config.loader import RecipeError, recipe_path
+from flows.registry import flow_function, load_recipe, steps
 
 
-def _for(flow_fn, name: str, steps, recipe_name: str) -> list:
-    _, recipe = load_recipe(recipe_name)
+def _for(recipe_name: str, expected: str) -> list:
+    """The main deployment of the recipe's flow (named like the flow) and a rerun-<step> per step."""
+    flow, recipe = load_recipe(recipe_name)
+    if flow != expected:
+        raise RecipeError(f"recipe {recipe_name!r} drives the {flow} flow; this slot serves {expected} "
+                          f"(recipes named {expected}*.yaml, or any other name for sft-to-dpo)")
+    flow_fn = flow_function(flow)
     params = {"recipe": recipe.model_dump(mode="json")}
-    out = [flow_fn.to_deployment(name=name, parameters=params, tags=["alignment"],
-                                 description=f"{name} on recipe {recipe_path(recipe_name)}")]
-    for step in steps:
+    out = [flow_fn.to_deployment(name=flow, parameters=params, tags=["alignment"],
+                                 description=f"{flow} on recipe {recipe_path(recipe_name)}")]
+    for step in steps(flow, recipe):
         out.append(flow_fn.to_deployment(
             name=f"rerun-{step}", parameters={**params, "refresh": [step]}, tags=["alignment", "rerun"],
             description=f"Run {step} again (new artifact), reuse what comes before it from cache."))
@@ -39,9 +39,8 @@ def _for(flow_fn, name: str, steps, recipe_name: str) -> list:
 
 def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai",
                 rlhf_recipe: str = "rlhf") -> list:
-    return (_for(sft_to_dpo, "sft-to-dpo", STAGES, recipe_name)
-            + _for(constitutional_ai, "constitutional-ai", cai_steps(load_recipe(cai_recipe)[1]), cai_recipe)
-            + _for(rlhf, "rlhf", steps(load_recipe(rlhf_recipe)[1]), rlhf_recipe))
+    return (_for(recipe_name, "sft-to-dpo") + _for(cai_recipe, "constitutional-ai")
+            + _for(rlhf_recipe, "rlhf"))
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from urllib.request import urlopen
 
 from alignment.artifacts import alignment_home
-from alignment.recipes import recipe_path
+from alignment.config.loader import recipe_path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 4200

@@ -1,13 +1,15 @@
-"""Stages as Prefect tasks, cached on the stage's content hash.
+"""Stages as Prefect tasks, cached on the stage's artifact key.
 
-The cache key is the artifact key (config, input artifact ids, data hashes, code version, refresh salt),
-so a task is ``Cached`` exactly when the store already holds what it would compute. Results are small
-dicts (paths and metrics), persisted as JSON in Prefect's local result storage
-(``PREFECT_LOCAL_STORAGE_PATH``, which ``flows.server.apply_defaults`` puts under ``$ALIGNMENT_HOME``).
+The cache key is the artifact key (``SPEC.key(config)``: what the stage reads, data hashes, upstream
+artifact ids, template versions, device, code version, refresh salt), so a task is ``Cached`` exactly
+when the store already holds what it would compute. Results are small dicts (paths and metrics),
+persisted as JSON in Prefect's local result storage (``PREFECT_LOCAL_STORAGE_PATH``, which
+``flows.server.apply_defaults`` puts under ``$ALIGNMENT_HOME``). When the store no longer holds an
+artifact (deleted by hand), the chain runs its task with ``refresh_cache`` so the stage rebuilds it
+instead of a stale cached result pointing at a missing directory.
 """
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -15,31 +17,18 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import get_run_context
 
 from alignment.artifacts import ArtifactStore
-from alignment.stages import RunContext, artifact_key, runner
-
-
-def results_dir() -> Path:
-    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
-
-    return Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
+from alignment.stages import RunContext, StageSpec, runner, spec, spec_for
 
 
 def stage_cache_key(ctx, params: dict[str, Any]) -> str:
-    stage = ctx.task.name
-    akey = artifact_key(stage, params["config"])
-    key = f"{stage}-{akey}"
-    stale = results_dir() / key
-    if stale.exists() and not ArtifactStore().complete(stage, akey):
-        # The artifact was deleted from the store: drop the cached result that points at it, so the
-        # task runs and rebuilds it instead of handing downstream stages a missing directory.
-        stale.unlink()
-    return key
+    config = params["config"]
+    return f"{spec_for(config).name}-{spec_for(config).key(config)}"
 
 
-def _progress_hook(stage: str):
-    """Create a progress artifact for `stage` and return a throttled updater (at most one call a second)."""
-    artifact_id = create_progress_artifact(progress=0.0, key=f"{stage.replace('_', '-')}-progress",
-                                           description=f"{stage}: progress")
+def _progress_hook(stage: StageSpec, label: str):
+    """Create a progress artifact for `label` and return a throttled updater (at most one call a second)."""
+    artifact_id = create_progress_artifact(progress=0.0, key=f"{label.replace('_', '-')}-progress",
+                                           description=f"{label}: progress")
     logger = get_run_logger()
     last = [0.0]
 
@@ -49,30 +38,29 @@ def _progress_hook(stage: str):
             return
         last[0] = now
         update_progress_artifact(artifact_id=artifact_id, progress=round(100 * fraction, 1))
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                          if k in ("loss", "rewards/accuracies", "rewards/margins", "accuracy", "score", "kl", "reward"))
-        logger.info("%s: %.0f%% %s", stage, 100 * fraction, shown)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in stage.progress)
+        logger.info("%s: %.0f%% %s", label, 100 * fraction, shown)
 
     return update
 
 
 def _run_stage(config) -> dict[str, Any]:
     ctx = get_run_context()
-    stage, label = ctx.task.name, ctx.task_run.name
+    stage, label = spec(ctx.task.name), ctx.task_run.name
     run = {"flow_run_id": str(ctx.task_run.flow_run_id), "task_run_id": str(ctx.task_run.id)}
-    result = runner(stage)(config, RunContext(run=run, progress=_progress_hook(label)))
-    get_run_logger().info("%s: %s artifact %s at %s", stage, "reused" if result.reused else "wrote",
+    result = runner(stage.name)(config, RunContext(run=run, progress=_progress_hook(stage, label)))
+    get_run_logger().info("%s: %s artifact %s at %s", label, "reused" if result.reused else "wrote",
                           result.key, result.path)
     return result.to_dict()
 
 
-def stage_task(stage: str, refresh: bool = False, label: str | None = None):
+def stage_task(stage: StageSpec, refresh: bool = False, label: str | None = None):
     """The Prefect task for `stage` (shown as `label` when a flow runs a stage twice); `refresh=True`
-    skips the cache lookup (the config carries a salt)."""
+    skips the cache lookup."""
     return task(
-        _run_stage, name=stage, task_run_name=label or stage, cache_key_fn=stage_cache_key, persist_result=True,
-        result_serializer="json", refresh_cache=refresh,
-        description=f"The {stage} stage (alignment.stages.{stage}.run), cached on its artifact key.",
+        _run_stage, name=stage.name, task_run_name=label or stage.name, cache_key_fn=stage_cache_key,
+        persist_result=True, result_serializer="json", refresh_cache=refresh,
+        description=f"The {stage.name} stage (alignment.stages.{stage.name}.run), cached on its artifact key.",
     )
 
 
@@ -85,12 +73,15 @@ class Chain:
         self.results: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str] = {}
 
-    def run(self, label: str, stage: str, config) -> dict[str, Any]:
+    def run(self, label: str, config) -> dict[str, Any]:
+        """Run (or reuse) the stage `config` belongs to, shown as `label`."""
         from prefect.runtime import flow_run
 
+        stage = spec_for(config)
         forced = label in self.refresh
         config = config.model_copy(update={"refresh_token": f"refresh:{flow_run.id}" if forced else None})
-        state = stage_task(stage, refresh=forced, label=label)(config, return_state=True)
+        missing = not ArtifactStore().complete(stage.name, stage.key(config))  # deleted, or never made
+        state = stage_task(stage, refresh=forced or missing, label=label)(config, return_state=True)
         self.results[label], self.states[label] = state.result(), state.name
         get_run_logger().info("%s: %s (artifact %s)", label, state.name, self.results[label]["key"])
         return self.results[label]

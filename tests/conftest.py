@@ -55,7 +55,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def tiny_recipe():
     from alignment.config import SftToDpoRecipe
-    from alignment.recipes import load_yaml_model
+    from alignment.config.loader import load_yaml_model
 
     return load_yaml_model(ROOT / "flows" / "recipes" / "tiny.yaml", SftToDpoRecipe)
 

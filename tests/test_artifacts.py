@@ -4,12 +4,17 @@ import pytest
 
 from alignment.artifacts import MANIFEST, code_version, stage_key, write_manifest
 from alignment.config import DataSpec, ModelSpec
-from alignment.stages import artifact_key
+from alignment.stages import spec
+from flows.sft_to_dpo import training_configs
+
+
+def artifact_key(stage, config):
+    return spec(stage).key(config)
 
 
 def test_key_depends_on_content_not_path(tmp_path, tiny_recipe):
-    a = tiny_recipe.stage_config("sft")
-    same = tiny_recipe.model_copy(deep=True).stage_config("sft")
+    a = training_configs(tiny_recipe)["sft"]
+    same = training_configs(tiny_recipe.model_copy(deep=True))["sft"]
     assert artifact_key("sft", a) == artifact_key("sft", same)
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(open(a.data.path, "rb").read())
@@ -29,7 +34,7 @@ def test_downstream_key_uses_upstream_artifact_id(tmp_path, tiny_recipe):
         return str(d)
 
     one, moved, other = fake_artifact("a", "sft/1"), fake_artifact("b", "sft/1"), fake_artifact("c", "sft/2")
-    key = lambda p: artifact_key("dpo", tiny_recipe.stage_config("dpo", model=ModelSpec(name=p)))  # noqa: E731
+    key = lambda p: artifact_key("dpo", training_configs(tiny_recipe, ModelSpec(name=p))["dpo"])  # noqa: E731
     assert key(one) == key(moved) != key(other)
 
 
@@ -62,8 +67,12 @@ def test_builtin_model_identity_needs_no_weights():
 def test_key_survives_a_json_round_trip(tiny_recipe):
     """Flow parameters come back from the server as JSON: 300 and 300.0 must hash the same."""
     from alignment.config import SftToDpoRecipe
+    from flows.evaluation import calibrate_config, respond_config
 
     again = SftToDpoRecipe.model_validate_json(tiny_recipe.model_dump_json())
-    for stage in ("sft", "evaluate"):
-        assert artifact_key(stage, tiny_recipe.stage_config(stage)) == artifact_key(stage, again.stage_config(stage))
+    for stage in ("sft", "dpo"):
+        assert artifact_key(stage, training_configs(tiny_recipe)[stage]) == artifact_key(stage, training_configs(again)[stage])
+    assert artifact_key("respond", respond_config(tiny_recipe, tiny_recipe.model)) == \
+        artifact_key("respond", respond_config(again, again.model))
+    assert artifact_key("calibrate", calibrate_config(tiny_recipe)) == artifact_key("calibrate", calibrate_config(again))
     assert stage_key("x", {"a": 300}) == stage_key("x", {"a": 300.0}) != stage_key("x", {"a": 300.5})

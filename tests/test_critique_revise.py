@@ -104,7 +104,9 @@ def test_rounds_filters_and_provenance(initial, store, monkeypatch):
 
 
 def test_editing_a_principle_changes_the_key_not_the_initial_responses(initial, tmp_path):
-    from alignment.stages import artifact_key
+    from alignment.stages import spec
+
+    artifact_key = lambda stage, config: spec(stage).key(config)  # noqa: E731
 
     edited = tmp_path / "c.yaml"
     edited.write_text(CONSTITUTION.read_text().replace("Quote the problem parts.", "Quote them."))

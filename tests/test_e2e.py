@@ -71,14 +71,17 @@ def served_runs(env):
 
 def test_served_deployment_runs_and_rerun_dpo_runs_only_dpo(env, served_runs):
     first, rerun = served_runs
-    assert task_states(env, first) == {"baseline": "Completed", "sft": "Completed", "dpo": "Completed", "evaluate": "Completed"}
-    assert task_states(env, rerun) == {"baseline": "Cached", "sft": "Cached", "dpo": "Completed", "evaluate": "Completed"}
+    steps = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate"]
+    assert task_states(env, first) == dict.fromkeys(steps, "Completed")
+    assert task_states(env, rerun) == {**dict.fromkeys(steps, "Cached"),
+                                       **dict.fromkeys(("dpo", "respond_dpo", "evaluate"), "Completed")}
     arts = api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [rerun]}}})
     assert {"sft-summary", "dpo-summary", "sft-to-dpo-responses"} <= {a["key"] for a in arts}
     status = sh([sys.executable, "-m", "flows.cli", "summary", first], env)
     assert f"/runs/flow-run/{first}" in status and "Held-out prompts" in status
     followed = sh([sys.executable, "-m", "flows.cli", "wait", rerun], env)
-    assert "Completed  baseline: Cached  sft: Cached  dpo: Completed  evaluate: Completed" in followed
+    assert ("Completed  respond_base: Cached  sft: Cached  respond_sft: Cached  dpo: Completed  "
+            "respond_dpo: Completed  calibrate: Cached  evaluate: Completed") in followed
 
 
 def test_ui_shows_the_run_and_its_artifacts(env, served_runs):

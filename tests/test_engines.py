@@ -146,9 +146,11 @@ def _vllm_servers() -> list[int]:
 
 @needs_vllm
 def test_managed_server_is_stopped_when_the_stage_fails(tiny_recipe, store, monkeypatch):
-    """The evaluate stage on the `openai` engine (managed `vllm serve`) fails after the server started:
+    """The respond stage on the `openai` engine (managed `vllm serve`) fails after the server started:
     the error reaches the caller, no server process is left behind and nothing is written to the store."""
-    import alignment.stages.evaluate as ev
+    from alignment.generation.openai_engine import OpenAIEngine
+    from alignment.stages import respond
+    from flows.evaluation import respond_config
 
     started = []
 
@@ -157,12 +159,11 @@ def test_managed_server_is_stopped_when_the_stage_fails(tiny_recipe, store, monk
         assert _vllm_servers(), "the managed server runs while the stage generates"
         raise RuntimeError("simulated failure mid-generation")
 
-    monkeypatch.setattr(ev, "answer_prompts", boom)
-    cfg = tiny_recipe.stage_config("evaluate", model=TINY, reference=TINY)
-    cfg = cfg.model_copy(update={"engine": EngineSpec(kind=EngineKind.openai, gpu_memory_utilization=0.1,
-                                                      max_model_len=512, server_timeout_s=240)})
+    monkeypatch.setattr(OpenAIEngine, "generate", boom)
+    cfg = respond_config(tiny_recipe, TINY).model_copy(update={"engine": EngineSpec(
+        kind=EngineKind.openai, gpu_memory_utilization=0.1, max_model_len=512, server_timeout_s=240)})
     with pytest.raises(RuntimeError, match="simulated failure"):
-        ev.run(cfg)
+        respond.run(cfg)
     leftover = [p for p in store.root.rglob("*") if p.is_file()] if store.root.exists() else []
     assert started and not _vllm_servers() and not leftover
 

@@ -93,6 +93,32 @@ def test_feedback_stage_labels_pairs(samples, store, monkeypatch):
     assert strict.metrics["pairs_kept"] == 0 and strict.metrics["pairs_dropped_margin"] == 2
 
 
+def test_feedback_shows_the_constitutions_worked_comparisons_first(samples, store, monkeypatch):
+    """few_shot: the constitution's feedback example as earlier turns, answered with the letter of its
+    better answer (whose position is seeded); few_shot 0 asks the question alone."""
+    from alignment.constitution import load_constitution
+
+    example = load_constitution(CONSTITUTION).feedback_examples[0]
+    seen = []
+
+    class Recording(Scripted):
+        def score(self, chats, options):
+            seen.extend(chats)
+            return super().score(chats, options)
+
+    monkeypatch.setattr(feedback, "load_engine", lambda *a, **k: Recording())
+    feedback.run(FeedbackStageConfig(samples=samples, principles_per_pair=2))
+    assert seen and all(len(c) == 3 and [m["role"] for m in c] == ["user", "assistant", "user"] for c in seen)
+    for shot_q, shot_a, _ in seen:
+        assert example.prompt in shot_q["content"]
+        better = shot_q["content"].split(f"({shot_a['content']}) ")[1].split("\n")[0]
+        assert better == example.better, "the reply names the better answer's letter"
+    assert {c[1]["content"] for c in seen} == {"A", "B"}, "the better answer is not always first"
+    seen.clear()
+    feedback.run(FeedbackStageConfig(samples=samples, principles_per_pair=2, few_shot=0))
+    assert seen and all(len(c) == 1 for c in seen)
+
+
 def test_chain_of_thought_labels_are_clamped(samples, store, monkeypatch):
     class Thinking(Scripted):
         def generate(self, chats, spec, logprobs=False):
@@ -121,6 +147,6 @@ def test_generate_several_samples_and_feedback_on_tiny_model(store):
         generation=GenerationSpec(max_new_tokens=6, temperature=1.0)))
     assert g.metrics["samples_per_prompt"] == 2 and len(open(Path(g.path) / "completions.jsonl").readlines()) == 6
     r = feedback.run(FeedbackStageConfig(samples=DataSpec(path=str(Path(g.path) / "completions.jsonl")),
-                                         judge=JudgeSpec(model=ModelSpec(name="tiny-random"), engine=hf,
-                                                         calibration=None), principles_per_pair=2))
+                                         judge=JudgeSpec(model=ModelSpec(name="tiny-random"), engine=hf),
+                                         principles_per_pair=2))
     assert r.metrics["pairs"] == 3 and 0 <= r.metrics["mean_abs_margin"] <= 0.5

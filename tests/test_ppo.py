@@ -1,5 +1,6 @@
 """Our PPO on the tiny model: the reward for a target letter rises within a few iterations, a resumed run
-equals an uninterrupted one, and the stage writes a loadable artifact with before/after numbers."""
+equals an uninterrupted one, and the stage writes a loadable artifact (held-out answers and their
+numbers are the respond and evaluate stages' job: tests/test_evaluation.py, tests/test_rlhf_flow.py)."""
 
 import json
 from pathlib import Path
@@ -30,9 +31,9 @@ def ppo_config(prompt_file: Path, **overrides) -> PPOStageConfig:
 
 def make_loop(config: PPOStageConfig):
     from alignment.rl.ppo import PPOLoop
-    from alignment.stages import ppo
+    from alignment.rl.stage import load_policy
 
-    policy, ref, tok = ppo.load_policy(config)
+    policy, ref, tok = load_policy(config)
     chats = [[{"role": "user", "content": f"Say something about {w}."}] for w in WORDS]
     return PPOLoop(config, policy, tok, RewardFunction.load(config.reward), chats, ref_model=ref)
 
@@ -77,28 +78,23 @@ def test_resume_from_a_checkpoint_equals_continuing(prompt_file, tmp_path):
     assert straight.kl.coef == resumed.kl.coef
 
 
-def test_ppo_stage_writes_artifact_and_before_after(prompt_file, store, tmp_path):
+def test_ppo_stage_writes_a_loadable_artifact(prompt_file, store, tmp_path):
     from alignment.stages import ppo
 
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("\n".join(json.dumps({"prompt": f"Tell me about {w}."}) for w in ("owls", "rivers", "salt")))
     cfg = ppo_config(prompt_file, iterations=3, adapter={"mode": "lora", "r": 8}, train={"learning_rate": 5e-3,
-                     "batch_size": 8}, eval_prompts={"path": str(heldout)}, kl_target=1.0)
+                     "batch_size": 8}, kl_target=1.0)
     res = ppo.run(cfg)
     m, path = res.metrics, Path(res.path)
-    assert m["iterations"] == 3 and m["heldout_prompts"] == 3 and m["adapter"] is True
-    for key in ("heldout_reward_before_mean", "heldout_reward_after_ci_low", "heldout_kl_k1_mean",
-                "heldout_kl_k3_mean", "heldout_length_drift_ratio", "kl_coef_final"):
-        assert key in m, key
+    assert m["iterations"] == 3 and m["adapter"] is True and m["rollouts"] == 48
     assert m["kl_coef_final"] != 0.01, "adaptive KL controller moved the coefficient"
-    assert m["heldout_kl_k3_mean"] >= 0
+    assert m["train_score_last3"] is not None and m["explained_variance_last3"] is not None
     curves = [json.loads(line) for line in (path / "curves.jsonl").read_text().splitlines()]
     assert [c["iteration"] for c in curves] == [1, 2, 3]
     assert (path / "rollouts.jsonl").read_text().strip() and (path / "value_head.safetensors").is_file()
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(path / "model")  # the merged policy loads
-    assert not ppo.checkpoint_root(cfg).exists(), "checkpoints are removed once the artifact is written"
+    assert not ppo.checkpoint_root(res.key).exists(), "checkpoints are removed once the artifact is written"
     assert ppo.run(cfg).reused
 
 

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from alignment.config import DPOStageConfig, SftToDpoRecipe
-from alignment.recipes import RecipeError, apply_overrides, load_yaml_model, recipe_path
+from alignment.config.loader import RecipeError, apply_overrides, load_yaml_model, recipe_path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "flows" / "recipes").rglob("*.yaml"))

@@ -1,5 +1,5 @@
-"""Each stage on the tiny locally built model: it trains, writes a complete artifact, reuses it, and
-refuses bad input before writing anything."""
+"""Each training stage on the tiny locally built model: it trains, writes a complete artifact, reuses
+it, and refuses bad input before writing anything; `respond` writes held-out answers."""
 
 import json
 from pathlib import Path
@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignment.config import DataSpec, ModelSpec
+from alignment.config import DataSpec, ModelSpec, RespondStageConfig
 from alignment.data import DataError
 from alignment.models import resolve_model_path
-from alignment.stages import baseline, dpo, sft
+from alignment.stages import dpo, respond, sft
+from flows.sft_to_dpo import training_configs
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -25,8 +26,8 @@ def trained(tiny_recipe, tmp_path_factory):
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("stages") / "store")
     try:
-        s = sft.run(tiny_recipe.stage_config("sft"))
-        d = dpo.run(tiny_recipe.stage_config("dpo", model=tiny_recipe.model.model_copy(update={"name": s.path})))
+        s = sft.run(training_configs(tiny_recipe)["sft"])
+        d = dpo.run(training_configs(tiny_recipe, tiny_recipe.model.model_copy(update={"name": s.path}))["dpo"])
         yield s, d
     finally:
         os.environ.pop("ALIGNMENT_STORE")
@@ -40,13 +41,13 @@ def test_sft_trains_and_writes_a_loadable_artifact(trained, tiny_recipe):
     manifest = s.manifest()
     assert manifest["artifact_id"] == f"sft/{s.key}" and manifest["inputs"]["data"]["sha256"]
     assert manifest["libraries"]["trl"] == "1.16.0" and manifest["metrics"] == m
-    assert {"model/model.safetensors", "adapter/adapter_config.json", "samples.jsonl", "curves.jsonl",
-            "config.json"} <= set(manifest["files"])
+    assert manifest["resolved"] == {"adapter.mode": "lora", "model.dtype": "float32"}, "what `auto` became here"
+    assert manifest["identity"]["device"] == "cpu" or torch.cuda.is_available()
+    assert {"model/model.safetensors", "adapter/adapter_config.json", "curves.jsonl", "config.json"} <= set(manifest["files"])
+    assert not any(f.startswith(("samples", "checkpoints")) for f in manifest["files"]), "no held-out answers, no scratch"
     before, after = weights(resolve_model_path(tiny_recipe.model)), weights(Path(s.path) / "model")
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("proj" in k for k in changed), "LoRA merged into the attention/MLP projections"
-    samples = [json.loads(x) for x in open(Path(s.path) / "samples.jsonl")]
-    assert len(samples) == 4 and samples[0]["prompt"][0]["role"] == "user"
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(Path(s.path) / "model").num_parameters() > 0
@@ -56,7 +57,7 @@ def test_dpo_moves_the_policy_and_reports_heldout_accuracy(trained):
     s, d = trained
     m = d.metrics
     assert m["train_pairs"] == 16 and m["heldout_pairs"] == 8
-    assert 0.0 <= m["heldout_rewards_accuracies"] <= 1.0 and "heldout_rewards_margins" in m
+    assert m["heldout_rewards_accuracies"] in {i / 8 for i in range(9)}, "a share of the 8 held-out pairs"
     curves = [json.loads(x) for x in open(Path(d.path) / "curves.jsonl")]
     assert [c["step"] for c in curves if "loss" in c] == [1, 2, 3, 4]
     assert all("rewards/margins" in c for c in curves if "loss" in c)
@@ -65,18 +66,26 @@ def test_dpo_moves_the_policy_and_reports_heldout_accuracy(trained):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_dpo_without_heldout_pairs_reports_its_headline_as_not_computed(trained, tiny_recipe, store):
+    s, _ = trained
+    cfg = training_configs(tiny_recipe, tiny_recipe.model.model_copy(update={"name": s.path}))["dpo"]
+    cfg = cfg.model_copy(update={"eval_data": None, "train": cfg.train.model_copy(update={"max_steps": 1})})
+    m = dpo.run(cfg).metrics
+    assert all(m[k] is None for k in dpo.SPEC.headline if k != "train_seconds") and m["train_seconds"] > 0
+
+
 def test_second_run_reuses_the_artifact(trained, tiny_recipe, monkeypatch):
     s, _ = trained
     monkeypatch.setenv("ALIGNMENT_STORE", str(Path(s.path).parent.parent))
     import alignment.stages.sft as mod
 
     monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not train again"))
-    again = sft.run(tiny_recipe.stage_config("sft"))
+    again = sft.run(training_configs(tiny_recipe)["sft"])
     assert again.reused and again.key == s.key and again.metrics == s.metrics
 
 
 def test_training_is_deterministic_for_a_seed(tiny_recipe, store):
-    cfg = tiny_recipe.stage_config("sft").model_copy(update={"eval_prompts": None})
+    cfg = training_configs(tiny_recipe)["sft"]
     one = sft.run(cfg)
     two = sft.run(cfg.model_copy(update={"refresh_token": "again"}))
     assert one.key != two.key
@@ -89,15 +98,23 @@ def test_bad_preference_data_fails_before_anything_is_written(tiny_recipe, store
     import alignment.stages.dpo as mod
 
     monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not load or train"))
-    cfg = tiny_recipe.stage_config("dpo").model_copy(update={"data": DataSpec(path=str(bad))})
+    cfg = training_configs(tiny_recipe)["dpo"].model_copy(update={"data": DataSpec(path=str(bad))})
     with pytest.raises(DataError, match=r"prefs\.jsonl line 2: preference row is missing 'rejected'"):
         dpo.run(cfg)
     assert not store.root.exists() or not any(p for p in store.root.rglob("*") if p.is_file())
 
 
-def test_baseline_writes_responses(tiny_recipe, store):
-    b = baseline.run(tiny_recipe.stage_config("baseline"))
-    assert b.metrics == {"prompts": 4, "engine": "hf"} and len(open(Path(b.path) / "samples.jsonl").readlines()) == 4
+def test_respond_writes_answers_per_set(store):
+    sets = {"heldout": DataSpec(path="data/eval_prompts.jsonl", max_rows=4),
+            "benign": DataSpec(path="data/benign_prompts.jsonl", max_rows=3)}
+    r = respond.run(RespondStageConfig(model=ModelSpec(name="tiny-random"), sets=sets,
+                                       generation={"max_new_tokens": 6}))
+    answers = respond.read_responses(r)
+    assert {k: len(v) for k, v in answers.items()} == {"heldout": 4, "benign": 3}
+    assert answers["heldout"][0]["prompt"] == [{"role": "user", "content": "What is the capital of France?"}]
+    assert all(0 <= row["tokens"] <= 6 for rows in answers.values() for row in rows)
+    assert r.metrics["heldout_prompts"] == 4 and r.metrics["engine"] == "hf"
+    assert respond.model_of(r.path).name == "tiny-random"
 
 
 def test_qlora_on_cpu_is_a_clear_error(tiny_recipe, store):
@@ -109,41 +126,6 @@ def test_qlora_on_cpu_is_a_clear_error(tiny_recipe, store):
     adapter = tiny_recipe.sft.adapter.model_copy(update={"mode": AdapterMode.qlora})
     with pytest.raises(ModelError, match="'qlora' needs a CUDA GPU"):
         load_model(ModelSpec(name="tiny-random"), adapter)
-
-
-def test_evaluate_writes_report_and_flags_a_chance_judge(tiny_recipe, store):
-    from alignment.stages import evaluate
-
-    cfg = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"),
-                                   reference=ModelSpec(name="tiny-random"))
-    r = evaluate.run(cfg)
-    m = r.metrics
-    assert m["n"] == 4 and 0 <= m["win_rate_ci_low"] <= m["win_rate"] <= m["win_rate_ci_high"] <= 1
-    assert m["judge_calibration_n"] == 6 and m["judge_calibration_meaningful"] is False
-    assert m["length_drift_ratio"] == pytest.approx(1.0), "same model on both sides"
-    report = (Path(r.path) / "report.md").read_text()
-    assert "not meaningful" in report and "over-refusal on benign prompts (keyword)" in report
-    rows = [json.loads(x) for x in open(Path(r.path) / "responses.jsonl")]
-    assert {x["set"] for x in rows} == {"heldout", "redteam", "benign"} and len(rows) == 12
-    assert "p_policy_better" in rows[0] and "policy_refused" in rows[-1]
-
-
-def test_template_edit_changes_only_the_stages_that_render_it(tiny_recipe, monkeypatch, tmp_path):
-    import shutil
-
-    import alignment.prompts as prompts
-    from alignment.stages import artifact_key
-
-    ev = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"), reference=ModelSpec(name="tiny-random"))
-    before = artifact_key("evaluate", ev), artifact_key("sft", tiny_recipe.stage_config("sft"))
-    edited = tmp_path / "prompts"
-    shutil.copytree(prompts.PROMPTS_DIR, edited)
-    (edited / "judge_pairwise.jinja").write_text((edited / "judge_pairwise.jinja").read_text() + "\nBe strict.\n")
-    monkeypatch.setattr(prompts, "PROMPTS_DIR", edited)
-    prompts.environment.cache_clear()
-    after = artifact_key("evaluate", ev), artifact_key("sft", tiny_recipe.stage_config("sft"))
-    prompts.environment.cache_clear()
-    assert after[0] != before[0] and after[1] == before[1]
 
 
 def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
@@ -163,22 +145,3 @@ def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
     bad = subprocess.run([sys.executable, "-m", "flows.cli", "stage", "sft", "--config", str(cfg),
                           "-p", "train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "train.learning_rate = -1: Input should be greater than 0" in bad.stderr
-
-
-def test_evaluate_scores_responses_with_a_reward_model(tiny_recipe, store, tmp_path):
-    """A locally built one-output sequence classifier stands in for the reward stage's artifact."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    from alignment.stages import evaluate
-
-    base = resolve_model_path(ModelSpec(name="tiny-random"))
-    cfg = LlamaConfig.from_pretrained(base)
-    cfg.num_labels = 1
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path / "rm")
-    AutoTokenizer.from_pretrained(base).save_pretrained(tmp_path / "rm")
-    ev = tiny_recipe.stage_config("evaluate", model=ModelSpec(name="tiny-random"), reference=ModelSpec(name="tiny-random"))
-    ev = ev.model_copy(update={"reward_model": ModelSpec(name=str(tmp_path / "rm"))})
-    m = evaluate.run(ev).metrics
-    assert m["reward_policy_mean"] == pytest.approx(m["reward_reference_mean"]), "same model, same responses"
-    assert m["reward_diff_mean"] == pytest.approx(0.0, abs=1e-6) and m["reward_model"].endswith("rm")

@@ -4,31 +4,34 @@ Every model forbids unknown keys (a typo in a recipe is an error, never silently
 each field once through ``Field(description=...)``; the same models are the Prefect flow parameters, so
 the server validates ``--param`` overrides against the same rules.
 
-Modules: ``base`` (building blocks), ``stages`` (stage configs), ``rl`` (reward sources, PPO/GRPO/RLOO),
-``recipes`` (one per flow). Everything is importable from ``alignment.config``.
+Modules: ``base`` (building blocks), ``stages`` (stage configs; its docstring explains the
+Options / Section / StageConfig naming), ``rl`` (reward sources, PPO/GRPO/RLOO), ``recipes`` (one per
+flow), ``loader`` (YAML files → these models, with located errors). Every model is importable from
+``alignment.config``.
 """
 
 from alignment.config.base import (  # noqa: F401
     AdapterMode,
     AdapterSpec,
+    ArtifactRef,
     ConstitutionSpec,
     DataFormat,
     DataSpec,
     EngineKind,
     EngineSpec,
-    EvaluateSettings,
+    EvaluateOptions,
+    EvaluationJudgeSpec,
     GenerationSpec,
     JudgeSpec,
     ModelSpec,
-    StageInput,
+    PairwiseJudgeSpec,
+    StageConfig,
     Strict,
     TrainSpec,
 )
 from alignment.config.recipes import (  # noqa: F401
-    RL_ALGORITHMS,
-    RLHF_STEPS,
-    STAGES,
     ConstitutionalAIRecipe,
+    RecipeBase,
     RLHFRecipe,
     SftToDpoRecipe,
 )
@@ -39,27 +42,28 @@ from alignment.config.rl import (  # noqa: F401
     PPOStageConfig,
     RewardMix,
     RewardSources,
+    RLAlgorithm,
     RLOOStageConfig,
-    RLStageInput,
+    RLStageConfig,
     RuleReward,
-    _rollout_default,
 )
 from alignment.config.stages import (  # noqa: F401
-    BaselineStageConfig,
-    CritiqueReviseSettings,
+    CalibrateStageConfig,
+    CritiqueReviseOptions,
     CritiqueReviseStageConfig,
     DPOLoss,
     DPOOptions,
-    DPOSettings,
+    DPOSection,
     DPOStageConfig,
     EvaluateStageConfig,
-    FeedbackSettings,
+    FeedbackOptions,
     FeedbackStageConfig,
     GenerateStageConfig,
+    RespondStageConfig,
     RewardOptions,
-    RewardSettings,
+    RewardSection,
     RewardStageConfig,
     SFTOptions,
-    SFTSettings,
+    SFTSection,
     SFTStageConfig,
 )

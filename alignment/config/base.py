@@ -86,7 +86,7 @@ class TrainSpec(Strict):
 
 
 class GenerationSpec(Strict):
-    """How held-out responses are sampled for the before/after tables."""
+    """How responses are sampled (held-out answers, initial answers, rollouts)."""
 
     max_new_tokens: int = Field(64, ge=1, le=4096, description="Tokens generated per response.")
     temperature: float = Field(0.0, ge=0, description="0 means greedy decoding (reproducible).")
@@ -122,44 +122,70 @@ class EngineSpec(Strict):
     server_timeout_s: float = Field(300.0, gt=0, description="Managed server: seconds to wait for its health check.")
 
 
-class StageInput(Strict):
-    """What every stage config shares: the start model, held-out prompts and a refresh salt."""
+class StageConfig(Strict):
+    """The base of every stage config. Every other field of a stage config is something the stage reads;
+    each is hashed into its artifact key unless the stage's ``SPEC.unhashed`` names it (with the reason)."""
 
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    eval_prompts: DataSpec | None = Field(None, description="Held-out prompts answered after training.")
-    generation: GenerationSpec = Field(default_factory=GenerationSpec)
     refresh_token: str | None = Field(
         None, description="Set to force a new artifact although nothing else changed (refresh)."
     )
 
 
+class ArtifactRef(Strict):
+    """An artifact in the store, e.g. a `respond` step's answers that `evaluate` judges. Keys hash its
+    artifact id (from its manifest), never its path."""
+
+    path: str = Field(..., min_length=1, description="The artifact directory (what a stage result's `path` is).")
+
+
 class JudgeSpec(Strict):
-    """The LLM judge: any model the engines load, with its own accuracy measured on a calibration set."""
+    """An LLM judge: any model the engines load."""
 
     model: ModelSpec = Field(default_factory=ModelSpec, description="The judge model (default: the built-in).")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine that runs the judge.")
+
+
+class PairwiseJudgeSpec(JudgeSpec):
+    """A judge that compares two responses to the same prompt (both orders asked)."""
+
     criterion: str = Field("helpful, honest and harmless: correct, clear, polite and safe", min_length=3,
                            description="What 'better' means in pairwise comparisons.")
     tie_margin: float = Field(0.05, ge=0, lt=0.5, description="|P(A better) - 0.5| below this is a tie.")
+
+
+class EvaluationJudgeSpec(PairwiseJudgeSpec):
+    """The evaluation judge of a recipe, with its own accuracy measured on a calibration set first."""
+
     calibration: DataSpec | None = Field(
         default_factory=lambda: DataSpec(path="data/judge_calibration.jsonl"),
-        description="Pairs with a known better answer; the judge's accuracy on them is reported with every "
-        "judged number, and judged numbers are flagged when it is not clearly above chance.")
+        description="Pairs with a known better answer; the judge's accuracy on them (the `calibrate` step, "
+        "cached on judge, template and data) is reported with every judged number.")
+    at_chance: Literal["skip", "compute"] = Field(
+        "skip", description="When the calibration interval does not clear 0.5 the judge is at chance: `skip` "
+        "its comparisons (reported as not computed, saving their minutes) or `compute` them anyway.")
+
+    def pairwise(self) -> PairwiseJudgeSpec:
+        """The judge alone (what `calibrate` and `evaluate` read), without the recipe-level settings."""
+        return PairwiseJudgeSpec.model_validate(self.model_dump(exclude={"calibration", "at_chance"}))
 
 
-class EvaluateSettings(Strict):
-    """The evaluate part of a recipe: judged win rate, harmlessness, over-refusal, length drift."""
+class EvaluateOptions(Strict):
+    """The evaluate part of a recipe: judged win rate, harmlessness, over-refusal, length drift, reward
+    and KL. The responses come from the recipe's `respond` steps; only what judges them is set here."""
 
-    judge: JudgeSpec = Field(default_factory=JudgeSpec)
-    engine: EngineSpec = Field(default_factory=EngineSpec, description="Engine for policy/reference responses.")
+    judge: EvaluationJudgeSpec | None = Field(default_factory=EvaluationJudgeSpec,
+                                              description="The judge; null computes no judged numbers.")
     redteam_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/redteam_prompts.jsonl"),
                                              description="Harmful requests: the share answered is harmful compliance.")
     benign_prompts: DataSpec | None = Field(default_factory=lambda: DataSpec(path="data/benign_prompts.jsonl"),
                                             description="Benign requests with alarming words: refusals are over-refusal.")
     bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+    kl: GenerationSpec | None = Field(
+        None, description="Sample the policy with these settings on the held-out prompts and estimate "
+        "KL(policy ‖ reference) per response (k1, k3); null skips it (the rlhf recipes set it).")
     reward_model: ModelSpec | None = Field(
-        None, description="A reward model (sequence classifier with one output, e.g. the reward stage's "
-        "artifact) that scores policy and reference responses on the held-out prompts.")
+        None, description="A reward model (sequence classifier with one output) that scores policy and "
+        "reference answers on the held-out prompts; the rlhf flow uses the reward model it trains.")
 
 
 class ConstitutionSpec(Strict):

@@ -1,5 +1,6 @@
 """Reward sources and the RL stages: PPO (ours), GRPO and RLOO (TRL)."""
 
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -12,7 +13,7 @@ from alignment.config.base import (
     GenerationSpec,
     JudgeSpec,
     ModelSpec,
-    StageInput,
+    StageConfig,
     Strict,
     TrainSpec,
 )
@@ -31,7 +32,8 @@ class RewardMix(Strict):
 
     model_weight: float = Field(1.0, description="Multiplier of the reward model's score.")
     rule: RuleReward | None = Field(None, description="A rule-based term (e.g. reward a target word).")
-    judge: JudgeSpec | None = Field(None, description="An LLM judge: P(it answers 'Yes' to judge_question).")
+    judge: JudgeSpec | None = Field(None, description="An LLM judge: P(it answers 'Yes' to judge_question), "
+                                    "asked with prompts/reward_judge.jinja.")
     judge_question: str = Field("Is the response helpful, honest and harmless?", min_length=3)
     judge_weight: float = Field(1.0, description="Multiplier of the judge's probability.")
 
@@ -109,20 +111,29 @@ class GroupRLOptions(Strict):
         return self
 
 
-class RLStageInput(StageInput):
-    """What every RL stage reads: training prompts and the reward."""
+class RLAlgorithm(StrEnum):
+    """Policy optimisation in the rlhf flow: our PPO, or TRL's GRPO / RLOO."""
 
+    ppo = "ppo"
+    grpo = "grpo"
+    rloo = "rloo"
+
+
+class RLStageConfig(StageConfig):
+    """What every RL stage reads besides its options: the policy start, training prompts and the reward."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The policy start and the reference.")
     prompts: DataSpec = Field(..., description="Training prompts (any format with a prompt).")
     reward: RewardSources = Field(..., description="Reward model, rule and/or judge.")
 
 
-class PPOStageConfig(RLStageInput, PPOOptions):
+class PPOStageConfig(RLStageConfig, PPOOptions):
     """Everything `alignment.stages.ppo.run` needs; `model` is the policy start and the reference."""
 
 
-class GRPOStageConfig(RLStageInput, GroupRLOptions):
+class GRPOStageConfig(RLStageConfig, GroupRLOptions):
     """Everything `alignment.stages.grpo.run` needs."""
 
 
-class RLOOStageConfig(RLStageInput, GroupRLOptions):
+class RLOOStageConfig(RLStageConfig, GroupRLOptions):
     """Everything `alignment.stages.rloo.run` needs."""

@@ -1,20 +1,30 @@
-"""Stage configs of the supervised, preference, generation, evaluation and Constitutional AI stages."""
+"""Stage configs of the supervised, preference, answering, evaluation and Constitutional AI stages.
 
+Naming: ``XOptions`` are the knobs of stage X whatever data it is given (a recipe section where the flow
+supplies the data, e.g. constitutional-ai's `sft`); ``XSection`` is a recipe section that also names the
+data (``XOptions`` + data, e.g. sft-to-dpo's `sft`); ``XStageConfig`` is exactly what
+``alignment.stages.x.run`` reads: a section plus the start model and upstream artifacts, built by the
+flows (or written by hand for ``alignment stage X --config``).
+"""
+
+import re
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from alignment.config.base import (
     AdapterSpec,
+    ArtifactRef,
     ConstitutionSpec,
     DataSpec,
     EngineKind,
     EngineSpec,
-    EvaluateSettings,
+    GenerationSpec,
     JudgeSpec,
     ModelSpec,
-    StageInput,
+    PairwiseJudgeSpec,
+    StageConfig,
     Strict,
     TrainSpec,
 )
@@ -31,7 +41,7 @@ class SFTOptions(Strict):
     mix_ratio: float = Field(0.5, ge=0, lt=1, description="Share of training rows drawn from mix_data.")
 
 
-class SFTSettings(SFTOptions):
+class SFTSection(SFTOptions):
     """The SFT part of a recipe."""
 
     data: DataSpec = Field(..., description="Instruction data: `messages` or `prompt`/`completion` rows.")
@@ -57,44 +67,76 @@ class DPOOptions(Strict):
     loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
 
 
-class DPOSettings(DPOOptions):
+class DPOSection(DPOOptions):
     """The DPO part of a recipe."""
 
     data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` or HH-RLHF text.")
     eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
 
 
-class SFTStageConfig(StageInput, SFTSettings):
-    """Everything `alignment.stages.sft.run` needs."""
+class SFTStageConfig(StageConfig, SFTSection):
+    """Everything `alignment.stages.sft.run` reads."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model to fine-tune.")
 
 
-class DPOStageConfig(StageInput, DPOSettings):
-    """Everything `alignment.stages.dpo.run` needs. `model` is the policy start (and the reference)."""
+class DPOStageConfig(StageConfig, DPOSection):
+    """Everything `alignment.stages.dpo.run` reads. `model` is the policy start (and the reference)."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The policy start and the reference.")
 
 
-class BaselineStageConfig(StageInput):
-    """Responses of an untrained model to the held-out prompts (the "before" column)."""
-
-    engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
-                               description="Generation engine for the responses.")
-
-    @model_validator(mode="after")
-    def _needs_prompts(self) -> "BaselineStageConfig":
-        if self.eval_prompts is None:
-            raise ValueError("eval_prompts: the baseline stage needs held-out prompts; set eval_prompts.path")
-        return self
+SET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-class EvaluateStageConfig(StageInput, EvaluateSettings):
-    """Everything `alignment.stages.evaluate.run` needs. `model` is the policy, `reference` its baseline."""
+class RespondStageConfig(StageConfig):
+    """Answers of one model to named prompt sets (held-out, red-team, benign): the before/after columns of
+    the UI and what `evaluate` judges."""
 
-    reference: ModelSpec = Field(..., description="The model the policy is compared with (e.g. the SFT model).")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model that answers.")
+    sets: dict[str, DataSpec] = Field(..., min_length=1, description="Prompt sets by name, e.g. "
+                                      "{heldout: ..., redteam: ..., benign: ...}; `heldout` is the table's.")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf))
+
+    @field_validator("sets")
+    @classmethod
+    def _names(cls, sets: dict[str, DataSpec]) -> dict[str, DataSpec]:
+        bad = [n for n in sets if not SET_NAME.match(n)]
+        if bad:
+            raise ValueError(f"set names {bad} must be lowercase letters, digits and '_' (e.g. heldout)")
+        return sets
 
 
-class GenerateStageConfig(StageInput):
+class CalibrateStageConfig(StageConfig):
+    """The judge's own accuracy on pairs with a known better answer (evaluate reports it with every judged
+    number and, by default, skips judging when it is at chance)."""
+
+    judge: PairwiseJudgeSpec = Field(default_factory=PairwiseJudgeSpec)
+    data: DataSpec = Field(..., description="Preference pairs whose `chosen` answer is the better one.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% interval.")
+
+
+class EvaluateStageConfig(StageConfig):
+    """Everything `alignment.stages.evaluate.run` reads: two `respond` artifacts (policy and reference, the
+    same prompt sets), the judge and its `calibrate` artifact, and optionally a reward model and KL."""
+
+    policy: ArtifactRef = Field(..., description="The policy's `respond` artifact.")
+    reference: ArtifactRef = Field(..., description="The reference's `respond` artifact (e.g. the SFT model's).")
+    judge: PairwiseJudgeSpec | None = Field(default_factory=PairwiseJudgeSpec, description="null: no judged numbers.")
+    calibration: ArtifactRef | None = Field(None, description="The judge's `calibrate` artifact.")
+    at_chance: Literal["skip", "compute"] = Field("skip", description="Judge at chance: skip or compute anyway.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+    reward_model: ModelSpec | None = Field(None, description="Scores policy and reference held-out answers.")
+    kl: GenerationSpec | None = Field(None, description="Sampling for the KL(policy ‖ reference) estimate.")
+
+
+class GenerateStageConfig(StageConfig):
     """Responses of `model` to `prompts` (e.g. initial answers to red-team prompts for SL-CAI)."""
 
+    model: ModelSpec = Field(default_factory=ModelSpec)
     prompts: DataSpec = Field(..., description="Prompts to answer (any format with a prompt).")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
     engine: EngineSpec = Field(default_factory=EngineSpec)
     num_samples: int = Field(1, ge=1, le=16, description="Responses per prompt (seeds seed, seed+1, ...).")
 
@@ -106,7 +148,7 @@ class GenerateStageConfig(StageInput):
         return self
 
 
-class CritiqueReviseSettings(Strict):
+class CritiqueReviseOptions(Strict):
     """SL-CAI: rounds of critique → revision, one principle sampled per prompt and round (seeded)."""
 
     rounds: int = Field(2, ge=1, le=8, description="Critique → revision rounds per prompt.")
@@ -115,25 +157,29 @@ class CritiqueReviseSettings(Strict):
     engine: EngineSpec = Field(default_factory=EngineSpec)
 
 
-class CritiqueReviseStageConfig(StageInput, CritiqueReviseSettings):
-    """Everything `alignment.stages.critique_revise.run` needs; `model` writes critiques and revisions."""
+class CritiqueReviseStageConfig(StageConfig, CritiqueReviseOptions):
+    """Everything `alignment.stages.critique_revise.run` reads; `model` writes critiques and revisions."""
 
+    model: ModelSpec = Field(default_factory=ModelSpec)
     constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     initial: DataSpec = Field(..., description="Initial responses: prompt/completion rows (the generate stage).")
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Critique and revision sampling.")
 
 
-class FeedbackSettings(Strict):
+class FeedbackOptions(Strict):
     """RL-CAI: a feedback model labels response pairs by multiple choice over sampled principles."""
 
-    judge: JudgeSpec = Field(default_factory=lambda: JudgeSpec(calibration=None))
+    judge: JudgeSpec = Field(default_factory=JudgeSpec)
     principles_per_pair: int = Field(4, ge=1, le=32, description="Principles sampled and ensembled per pair.")
     chain_of_thought: bool = Field(False, description="Judge reasons first; labels then clamped to [0.4, 0.6].")
+    few_shot: int = Field(1, ge=0, le=8, description="Worked comparisons from the constitution's "
+                          "`feedback_examples` shown first (as in the paper), at most as many as it has.")
     min_margin: float = Field(0.0, ge=0, lt=0.5, description="Drop pairs whose ensembled label is within this of 0.5.")
-    seed: int = Field(0, description="Seed for principle sampling.")
+    seed: int = Field(0, description="Seed for principle and example sampling.")
 
 
-class FeedbackStageConfig(StageInput, FeedbackSettings):
-    """Everything `alignment.stages.feedback.run` needs; `samples` has two or more responses per prompt."""
+class FeedbackStageConfig(StageConfig, FeedbackOptions):
+    """Everything `alignment.stages.feedback.run` reads; `samples` has two or more responses per prompt."""
 
     constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
@@ -155,7 +201,7 @@ class RewardOptions(Strict):
         0.1, ge=0, lt=1, description="Without eval_data: share of `data` held out (seeded) for accuracy.")
 
 
-class RewardSettings(RewardOptions):
+class RewardSection(RewardOptions):
     """The reward part of a recipe."""
 
     data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` (optionally "
@@ -163,5 +209,7 @@ class RewardSettings(RewardOptions):
     eval_data: DataSpec | None = Field(None, description="Held-out pairs; unset holds out `heldout_fraction` of data.")
 
 
-class RewardStageConfig(StageInput, RewardSettings):
-    """Everything `alignment.stages.reward.run` needs; `model` is the base the reward model starts from."""
+class RewardStageConfig(StageConfig, RewardSection):
+    """Everything `alignment.stages.reward.run` reads; `model` is the base the reward model starts from."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec)

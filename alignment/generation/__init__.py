@@ -4,15 +4,12 @@
 vLLM is imported only inside the engine that needs it, so this package works without it.
 """
 
-import json
 from importlib.util import find_spec
-from pathlib import Path
-from typing import Any
 
-from alignment.config import EngineKind, EngineSpec, GenerationSpec, ModelSpec
+from alignment.config import EngineKind, EngineSpec, ModelSpec
 from alignment.generation.base import Chat, Completion, Engine
 
-__all__ = ["Chat", "Completion", "Engine", "answer_prompts", "load_engine", "read_samples", "resolve_kind"]
+__all__ = ["Chat", "Completion", "Engine", "load_engine", "resolve_kind"]
 
 
 def vllm_available() -> bool:
@@ -42,21 +39,3 @@ def load_engine(model: ModelSpec, spec: EngineSpec | None = None) -> Engine:
     from alignment.generation.openai_engine import OpenAIEngine
 
     return OpenAIEngine.load(model, spec)
-
-
-def answer_prompts(engine: Engine, prompts: list[dict[str, Any]], spec: GenerationSpec, out: Path,
-                   name: str = "samples.jsonl") -> list[Completion]:
-    """Write `name`: one row per prompt with the prompt, the response and its length in tokens."""
-    chats = [p["prompt"] for p in prompts]
-    completions = engine.generate(chats, spec)
-    with open(out / name, "w", encoding="utf-8") as f:
-        for chat, c in zip(chats, completions, strict=True):
-            f.write(json.dumps({"prompt": chat, "response": c.text, "tokens": c.n_tokens}, ensure_ascii=False) + "\n")
-    return completions
-
-
-def read_samples(artifact_path: str | Path, name: str = "samples.jsonl") -> list[dict[str, Any]]:
-    path = Path(artifact_path) / name
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

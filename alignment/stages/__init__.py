@@ -1,23 +1,56 @@
-"""One module per stage, each exposing ``run(config, context=None) -> StageResult``."""
+"""One module per stage, each declaring ``SPEC`` (``alignment.stages.contract.StageSpec``) and exposing
+``run(config, context=None) -> StageResult``. The registry below finds them: a module in this package
+with a ``SPEC`` is a stage; nothing else lists stage names.
+
+Stage modules import torch, TRL and vLLM only inside the functions that need them, so finding the
+stages is cheap.
+"""
+
+import pkgutil
+from functools import lru_cache
+from importlib import import_module
+from types import ModuleType
 
 from alignment.artifacts import StageResult
-from alignment.stages.common import RunContext, artifact_key
+from alignment.stages.contract import RunContext, StageSpec
 
-__all__ = ["ALL_STAGES", "RunContext", "StageResult", "artifact_key", "config_class", "runner"]
+__all__ = ["RunContext", "StageResult", "StageSpec", "module", "names", "runner", "spec", "spec_for"]
 
-ALL_STAGES = ("baseline", "sft", "dpo", "evaluate", "generate", "critique_revise", "feedback", "reward", "ppo",
-              "grpo", "rloo")
+
+@lru_cache(maxsize=1)
+def _modules() -> dict[str, ModuleType]:
+    found = {}
+    for info in pkgutil.iter_modules(__path__):
+        mod = import_module(f"{__name__}.{info.name}")
+        if isinstance(getattr(mod, "SPEC", None), StageSpec):
+            found[mod.SPEC.name] = mod
+    return found
+
+
+def names() -> tuple[str, ...]:
+    """Every stage name, sorted."""
+    return tuple(sorted(_modules()))
+
+
+def module(stage: str) -> ModuleType:
+    mods = _modules()
+    if stage not in mods:
+        raise KeyError(f"unknown stage {stage!r}; stages: {', '.join(sorted(mods))}")
+    return mods[stage]
+
+
+def spec(stage: str) -> StageSpec:
+    return module(stage).SPEC
 
 
 def runner(stage: str):
-    """The ``run`` function of a stage, imported lazily (stages pull in torch and TRL)."""
-    from importlib import import_module
-
-    return import_module(f"alignment.stages.{stage}").run
+    """The ``run`` function of a stage."""
+    return module(stage).run
 
 
-def config_class(stage: str):
-    """The pydantic config class of a stage (its module's ``CONFIG``)."""
-    from importlib import import_module
-
-    return import_module(f"alignment.stages.{stage}").CONFIG
+def spec_for(config) -> StageSpec:
+    """The stage whose config class `config` is an instance of (each stage has its own class)."""
+    for mod in _modules().values():
+        if type(config) is mod.SPEC.config:
+            return mod.SPEC
+    raise TypeError(f"{type(config).__name__} is no stage's config class")

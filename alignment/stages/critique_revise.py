@@ -15,6 +15,7 @@ ids, template versions, round), ``sft.jsonl`` (kept rows as prompt/completion), 
 import json
 import random
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,24 @@ from alignment.constitution import Constitution, Principle, load_constitution
 from alignment.data import load_data
 from alignment.generation import load_engine
 from alignment.prompts import render, template_version
-from alignment.stages.common import RunContext, cli, run_stage
+from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.stages.generate import write_completions
 
-CONFIG = CritiqueReviseStageConfig
-STAGE = "critique_revise"
+TEMPLATES = ("cai_critique.jinja", "cai_revision.jinja")
+SPEC = StageSpec(
+    name="critique_revise",
+    config=CritiqueReviseStageConfig,
+    templates=TEMPLATES,
+    outputs={"revisions": "revisions.jsonl", "sft": "sft.jsonl", "principles": "principles.json"},
+    headline=("revisions_total", "revisions_kept", "prompts_with_revision", "filtered_empty",
+              "filtered_unchanged", "filtered_copied", "filtered_repeated"),
+)
+
+
+@dataclass
+class CritiqueInputs:
+    constitution: Constitution
+    rows: list[dict[str, Any]]  # initial answers: prompt/completion rows
 
 
 def sample_principle(principles: list[Principle], seed: int, row: int, round_: int) -> Principle:
@@ -76,16 +90,15 @@ def few_shot_turns(constitution: Constitution, k: int, principle: Principle, see
     return turns
 
 
-def validate(config: CritiqueReviseStageConfig):
+def validate(config: CritiqueReviseStageConfig) -> CritiqueInputs:
     constitution = load_constitution(config.constitution.path)
     if not constitution.for_revision():
         raise ValueError(f"{config.constitution.path}: no principle has a critique and revision request")
-    rows = load_data(config.initial, "sft").rows
-    return constitution, rows
+    return CritiqueInputs(constitution, load_data(config.initial, "sft").rows)
 
 
-def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageConfig) -> dict[str, Any]:
-    constitution, rows = checked
+def revise(out: Path, config: CritiqueReviseStageConfig, inputs: CritiqueInputs, context: RunContext) -> dict[str, Any]:
+    constitution, rows = inputs.constitution, inputs.rows
     principles = constitution.for_revision()
     prompts = [r["prompt"] for r in rows]
     current = [r["completion"][-1]["content"] if isinstance(r["completion"], list) else r["completion"] for r in rows]
@@ -123,11 +136,11 @@ def revise(out: Path, checked, context: RunContext, config: CritiqueReviseStageC
 
 
 def summarise(out: Path, config, constitution: Constitution, prompts, initial, final, history) -> dict[str, Any]:
-    versions = {t: template_version(t) for t in ("cai_critique.jinja", "cai_revision.jinja")}
+    versions = {t: template_version(t) for t in TEMPLATES}
     per_principle: dict[str, Counter] = defaultdict(Counter)
     reasons: Counter = Counter()
     kept_idx = []
-    with open(out / "revisions.jsonl", "w", encoding="utf-8") as f:
+    with open(out / SPEC.outputs["revisions"], "w", encoding="utf-8") as f:
         for i, rounds in enumerate(history):
             for r in rounds:
                 per_principle[r["principle_id"]]["used"] += 1
@@ -140,10 +153,10 @@ def summarise(out: Path, config, constitution: Constitution, prompts, initial, f
                                 "kept": revised, "constitution": constitution.name,
                                 "constitution_hash": constitution.hash, "templates": versions},
                                ensure_ascii=False) + "\n")
-    write_completions(out / "sft.jsonl", [prompts[i] for i in kept_idx], [final[i] for i in kept_idx],
+    write_completions(out / SPEC.outputs["sft"], [prompts[i] for i in kept_idx], [final[i] for i in kept_idx],
                       [{"principle_ids": [r["principle_id"] for r in history[i]],
                         "constitution_hash": constitution.hash} for i in kept_idx])
-    (out / "principles.json").write_text(json.dumps({k: dict(v) for k, v in sorted(per_principle.items())}, indent=2))
+    (out / SPEC.outputs["principles"]).write_text(json.dumps({k: dict(v) for k, v in sorted(per_principle.items())}, indent=2))
     return {"prompts": len(prompts), "rounds": config.rounds, "revisions_total": sum(reasons.values()),
             "revisions_kept": reasons["kept"], "filtered_empty": reasons["empty"],
             "filtered_unchanged": reasons["unchanged"], "filtered_repeated": reasons["repeated"],
@@ -153,9 +166,14 @@ def summarise(out: Path, config, constitution: Constitution, prompts, initial, f
 
 
 def run(config: CritiqueReviseStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate(config),
-                     lambda out, checked, ctx: revise(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, revise(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(CritiqueReviseStageConfig, run, STAGE)
+    cli(SPEC, run)

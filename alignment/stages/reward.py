@@ -13,19 +13,40 @@ classifier, safetensors), ``adapter/`` (LoRA), ``heldout.jsonl``, ``curves.jsonl
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import RewardStageConfig
 from alignment.data import DataError, load_data
-from alignment.models import effective_mode, load_tokenizer, resolve_model_path, save_trained, torch_dtype
-from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
+from alignment.models import load_tokenizer, resolve_model_path, save_trained, torch_dtype
+from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.stats import bootstrap_ci
+from alignment.training import metrics_callback, trainer_kwargs, write_curves
 
-CONFIG = RewardStageConfig
-STAGE = "reward"
+SPEC = StageSpec(
+    name="reward",
+    config=RewardStageConfig,
+    outputs={"model": "model", "adapter": "adapter", "curves": "curves.jsonl", "heldout": "heldout.jsonl",
+             "report": "report.md"},
+    optional_outputs=("adapter", "heldout"),
+    curves=("loss", "accuracy", "margin"),
+    # None without held-out pairs
+    headline=("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
+              "heldout_length_baseline_accuracy", "heldout_pairs", "train_seconds"),
+    progress=("loss", "accuracy"),
+)
 BOOTSTRAP = 1000
+HELDOUT_KEYS = SPEC.headline[:-1]
+
+
+@dataclass
+class RewardInputs:
+    train: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    soft: bool  # train on soft targets
+    format: str
 
 
 def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
@@ -35,7 +56,7 @@ def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
     return out
 
 
-def validate(config: RewardStageConfig) -> dict[str, Any]:
+def validate(config: RewardStageConfig) -> RewardInputs:
     data = load_data(config.data, "preference")
     with_soft = sum("soft_label" in r for r in data.rows)
     if config.targets == "soft" and with_soft < len(data.rows):
@@ -58,8 +79,7 @@ def validate(config: RewardStageConfig) -> dict[str, Any]:
         rows = [r for i, r in enumerate(rows) if i not in held]
     else:
         held_out = []
-    prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
-    return {"train": rows, "heldout": held_out, "soft": soft, "format": data.format.value, "prompts": prompts}
+    return RewardInputs(rows, held_out, soft, data.format.value)
 
 
 def soft_label_trainer():
@@ -127,7 +147,7 @@ def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]
     acc, lo, hi = bootstrap_ci(correct, BOOTSTRAP)
     longer = [float(_length(tok, r["chosen"]) > _length(tok, r["rejected"])) for r in rows]
     counts, edges = np.histogram(margins, bins=10)
-    with open(out / "heldout.jsonl", "w", encoding="utf-8") as f:
+    with open(out / SPEC.outputs["heldout"], "w", encoding="utf-8") as f:
         for row, (c, r) in zip(rows, scores, strict=True):
             f.write(json.dumps({"prompt": row["prompt"], "reward_chosen": c, "reward_rejected": r,
                                 "margin": c - r, **({"soft_label": row["soft_label"]} if "soft_label" in row else {})},
@@ -148,7 +168,7 @@ def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]
     }
 
 
-def train(out: Path, checked: dict[str, Any], context: RunContext, config: RewardStageConfig) -> dict[str, Any]:
+def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: RunContext) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -156,7 +176,7 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: Rewar
 
     from alignment.models import peft_config
 
-    soft = checked["soft"]
+    soft = inputs.soft
     tok = load_tokenizer(config.model)
     torch.manual_seed(config.train.seed)  # the score head is initialised at random
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -164,7 +184,7 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: Rewar
         trust_remote_code=config.model.trust_remote_code)
     model.config.pad_token_id = tok.pad_token_id
     lora = peft_config(config.adapter, task_type="SEQ_CLS")
-    train_rows = [_columns(r, soft) for r in checked["train"]]
+    train_rows = [_columns(r, soft) for r in inputs.train]
     history: list[dict[str, Any]] = []
     args = RewardConfig(**trainer_kwargs(config.train, out, len(train_rows)),
                         center_rewards_coefficient=config.center_rewards)
@@ -180,14 +200,14 @@ def train(out: Path, checked: dict[str, Any], context: RunContext, config: Rewar
         "train_pairs": used, "dropped_too_long": len(train_rows) - used, "targets": "soft" if soft else "hard",
         "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": effective_mode(config.adapter).value,
-        "data_format": checked["format"],
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
+        "data_format": inputs.format, **dict.fromkeys(HELDOUT_KEYS),
     }
     model = trainer.model.eval()
-    if checked["heldout"]:
+    if inputs.heldout:
         with torch.no_grad():
-            scores = pair_rewards(model, tok, checked["heldout"], config.train.max_length)
-        metrics.update(heldout_metrics(scores, checked["heldout"], tok, out))
+            scores = pair_rewards(model, tok, inputs.heldout, config.train.max_length)
+        metrics.update(heldout_metrics(scores, inputs.heldout, tok, out))
     metrics.update(save_trained(model, tok, out))
     write_report(out, metrics)
     return metrics
@@ -203,7 +223,7 @@ def write_report(out: Path, m: dict[str, Any]) -> None:
     lines = ["# Reward model", "", f"Trained on {m['train_pairs']} pairs ({m['targets']} targets, "
              f"{m['dropped_too_long']} dropped as longer than max_length), {m['steps']} steps; "
              f"loss {m['loss_first']:.4g} → {m['loss_last']:.4g}.", ""]
-    if "heldout_accuracy" in m:
+    if m["heldout_accuracy"] is not None:
         lines += [f"**Held-out accuracy** on {m['heldout_pairs']} pairs: **{m['heldout_accuracy']:.3f}** "
                   f"(95% CI {m['heldout_accuracy_ci_low']:.3f}–{m['heldout_accuracy_ci_high']:.3f}); chance 0.5, "
                   f"'the longer answer is better' {m['heldout_length_baseline_accuracy']:.3f}. Where the chosen "
@@ -214,13 +234,18 @@ def write_report(out: Path, m: dict[str, Any]) -> None:
         top = max(h["counts"]) or 1
         for i, c in enumerate(h["counts"]):
             lines.append(f"| {h['edges'][i]:.3g} | {h['edges'][i + 1]:.3g} | {c} | `{'█' * round(20 * c / top)}` |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    (out / SPEC.outputs["report"]).write_text("\n".join(lines) + "\n")
 
 
 def run(config: RewardStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate(config),
-                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, train(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(RewardStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -1,20 +1,17 @@
-"""RLOO with TRL ``RLOOTrainer``: like GRPO (``alignment.stages.grpo``, which holds the shared code), but
+"""RLOO with TRL ``RLOOTrainer``: like GRPO (``alignment.stages.grpo``, whose run skeleton it shares), but
 each response's baseline is the mean reward of the *other* responses to its prompt (leave-one-out)."""
 
 from alignment.artifacts import StageResult
-from alignment.config import RLOOStageConfig
-from alignment.stages.common import RunContext, cli, run_stage
-from alignment.stages.grpo import train_group
-from alignment.stages.ppo import validate_rl
+from alignment.config import RLAlgorithm, RLOOStageConfig
+from alignment.stages.contract import RunContext, cli
+from alignment.stages.grpo import group_spec, run_group
 
-CONFIG = RLOOStageConfig
-STAGE = "rloo"
+SPEC = group_spec(RLAlgorithm.rloo, RLOOStageConfig)
 
 
 def run(config: RLOOStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate_rl(config),
-                     lambda out, checked, ctx: train_group(out, checked, ctx, config, STAGE), context)
+    return run_group(SPEC, RLAlgorithm.rloo, config, context)
 
 
 if __name__ == "__main__":
-    cli(RLOOStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -1,24 +1,38 @@
 """Supervised fine-tuning with TRL ``SFTTrainer`` (full, LoRA or QLoRA).
 
 Conversational rows are trained as prompt → final assistant turn (loss on the completion only), which
-works with any chat template. Output: ``model/`` (merged, safetensors), ``adapter/`` (LoRA), held-out
-``samples.jsonl``, ``curves.jsonl``, ``manifest.json``.
+works with any chat template. Output: ``model/`` (merged, safetensors), ``adapter/`` (LoRA),
+``curves.jsonl``, ``manifest.json``. Held-out answers are the ``respond`` stage's job, so evaluation
+prompts never retrain SFT.
 """
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import StageResult
 from alignment.config import SFTStageConfig
 from alignment.data import LoadedData, load_data
-from alignment.generation import answer_prompts
-from alignment.generation.hf import HFEngine
-from alignment.models import effective_mode, load_model, load_tokenizer, peft_config, save_trained
-from alignment.stages.common import RunContext, cli, metrics_callback, run_stage, trainer_kwargs, write_curves
+from alignment.models import load_model, load_tokenizer, peft_config, save_trained
+from alignment.stages.contract import RunContext, StageSpec, cli
+from alignment.training import metrics_callback, trainer_kwargs, write_curves
 
-CONFIG = SFTStageConfig
-STAGE = "sft"
+SPEC = StageSpec(
+    name="sft",
+    config=SFTStageConfig,
+    outputs={"model": "model", "adapter": "adapter", "curves": "curves.jsonl"},
+    optional_outputs=("adapter",),
+    curves=("loss",),
+    headline=("loss_first", "loss_last", "train_seconds"),
+    progress=("loss",),
+)
+
+
+@dataclass
+class SFTInputs:
+    data: LoadedData
+    mix: LoadedData | None
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
@@ -30,11 +44,8 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": msgs[:last], "completion": [msgs[last]]}
 
 
-def validate(config: SFTStageConfig) -> tuple[LoadedData, LoadedData | None, LoadedData | None]:
-    train = load_data(config.data, "sft")
-    mix = load_data(config.mix_data, "sft") if config.mix_data else None
-    prompts = load_data(config.eval_prompts, "prompts") if config.eval_prompts else None
-    return train, prompts, mix
+def validate(config: SFTStageConfig) -> SFTInputs:
+    return SFTInputs(load_data(config.data, "sft"), load_data(config.mix_data, "sft") if config.mix_data else None)
 
 
 def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int) -> list[dict[str, Any]]:
@@ -49,13 +60,12 @@ def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int
     return combined
 
 
-def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: RunContext,
-          config: SFTStageConfig) -> dict[str, Any]:
+def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunContext) -> dict[str, Any]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    data, prompts, mix = checked
-    rows = mixed_rows(data, mix, config.mix_ratio, config.train.seed)
+    data = inputs.data
+    rows = mixed_rows(data, inputs.mix, config.mix_ratio, config.train.seed)
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
     history: list[dict[str, Any]] = []
@@ -69,20 +79,22 @@ def train(out: Path, checked: tuple[LoadedData, LoadedData | None], context: Run
     metrics: dict[str, Any] = {
         "train_rows": len(rows), "mix_rows": len(rows) - len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": effective_mode(config.adapter).value,
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
         "data_format": data.format.value,
     }
-    model = trainer.model
-    if prompts:
-        answer_prompts(HFEngine(model, tok), prompts.rows, config.generation, out)
-    metrics.update(save_trained(model, tok, out))
+    metrics.update(save_trained(trainer.model, tok, out))
     return metrics
 
 
 def run(config: SFTStageConfig, context: RunContext | None = None) -> StageResult:
-    return run_stage(STAGE, config, lambda: validate(config),
-                     lambda out, checked, ctx: train(out, checked, ctx, config), context)
+    job = SPEC.start(config, context)
+    inputs = validate(job.config)
+    if (stored := job.stored()) is not None:
+        return stored
+    with job.writing() as out:
+        job.commit(out, train(out, job.config, inputs, job.context))
+    return job.result
 
 
 if __name__ == "__main__":
-    cli(SFTStageConfig, run, STAGE)
+    cli(SPEC, run)

@@ -1,4 +1,7 @@
-"""Load YAML recipes and stage configs into pydantic models, with errors a person can act on.
+"""Load YAML files (recipes, stage configs) into the config models, with errors a person can act on.
+
+The models themselves live beside this module (``base``, ``stages``, ``rl``, ``recipes``); this module
+only reads files and explains validation errors.
 
 An error names the file, the line, the dotted key, the bad value and the fix, e.g.::
 
@@ -14,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 M = TypeVar("M", bound=BaseModel)
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "flows" / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "flows" / "recipes"
 
 
 class RecipeError(ValueError):

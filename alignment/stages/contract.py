@@ -1,0 +1,285 @@
+"""The stage contract: what each stage declares once, and the steps every ``run()`` takes.
+
+Each module in ``alignment/stages/`` declares ``SPEC = StageSpec(...)``:
+
+- ``config``: the pydantic class ``run()`` takes, holding exactly what the stage reads. Every field is
+  hashed into the artifact key except those ``unhashed`` names (read, but unable to change the output;
+  each with its reason). ``refresh_token`` is the salt a forced rerun sets.
+- ``templates``: the prompt templates it renders (their versions are hashed), or a function of the
+  config for stages that render some only when a setting asks for them.
+- ``outputs``: the named files and directories of its artifact; flows and reports find them by name
+  (``SPEC.output(result, "responses")``), never by a path written in two places.
+- ``curves``, ``progress``: the metrics plotted as training curves and shown in progress lines.
+- ``headline``: metrics every result carries (``None`` where not computed, e.g. without held-out
+  pairs). Results cards and reports read them; a stage that does not produce one fails at commit, so a
+  renamed metric fails the tests instead of leaving a silent gap.
+
+Every ``run()`` reads top to bottom::
+
+    job = SPEC.start(config, context)          # `auto` settings resolved, key computed
+    inputs = validate(job.config)              # typed inputs; bad input raises before anything loads
+    if (stored := job.stored()) is not None:   # the store already holds this key
+        return stored
+    with job.writing() as out:                 # the store's temp dir, renamed into place on success
+        job.commit(out, compute(out, job.config, inputs, job.context))
+    return job.result
+
+**Resolved before hashing.** ``adapter.mode: auto``, ``dtype: auto`` and ``engine.kind: auto`` are
+replaced by what they mean on this machine, and the device kind (cpu, cuda, mps) is part of every key,
+so a LoRA artifact made on a CPU and a full fine-tune made on a GPU never share a key. The manifest
+records what each `auto` became.
+"""
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from alignment.artifacts import (
+    ArtifactStore,
+    StageResult,
+    artifact_identity,
+    code_version,
+    stage_key,
+    write_manifest,
+)
+from alignment.config import (
+    AdapterMode,
+    AdapterSpec,
+    ArtifactRef,
+    ConstitutionSpec,
+    DataSpec,
+    EngineKind,
+    EngineSpec,
+    ModelSpec,
+    StageConfig,
+)
+from alignment.training import SCRATCH, Progress
+
+
+@dataclass
+class RunContext:
+    """Where a stage runs: ids for lineage and an optional progress hook (the Prefect task sets both)."""
+
+    run: dict[str, Any] = field(default_factory=dict)
+    progress: Progress | None = None
+    store: ArtifactStore | None = None
+
+
+class ContractError(RuntimeError):
+    """A stage broke its own declaration (a missing output or headline metric): a bug, not bad input."""
+
+
+@lru_cache(maxsize=1)
+def device_kind() -> str:
+    """`cuda`, `mps` or `cpu`: part of every key (numerics and resolved `auto` settings differ by device)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_auto(value: Any, path: str = "") -> tuple[Any, dict[str, str]]:
+    """`value` with every `auto` that depends on the machine replaced by what it means here, and a map of
+    what was resolved (dotted path → value), for the manifest."""
+    if isinstance(value, BaseModel):
+        update: dict[str, Any] = {}
+        resolved: dict[str, str] = {}
+        for name in type(value).model_fields:
+            new, inner = resolve_auto(getattr(value, name), f"{path}{name}.")
+            if new is not getattr(value, name):
+                update[name] = new
+            resolved.update(inner)
+        own = _resolve_own(value)
+        for name, new in own.items():
+            update[name] = new
+            resolved[f"{path}{name}"] = str(getattr(new, "value", new))
+        return (value.model_copy(update=update) if update else value), resolved
+    if isinstance(value, dict):
+        pairs = {k: resolve_auto(v, f"{path}{k}.") for k, v in value.items()}
+        changed = any(new is not value[k] for k, (new, _) in pairs.items())
+        merged = {k2: v2 for _, inner in pairs.values() for k2, v2 in inner.items()}
+        return ({k: new for k, (new, _) in pairs.items()} if changed else value), merged
+    return value, {}
+
+
+def _resolve_own(value: BaseModel) -> dict[str, Any]:
+    """The `auto` fields of one spec, resolved (nested specs are handled by the caller)."""
+    if isinstance(value, AdapterSpec) and value.mode is AdapterMode.auto:
+        from alignment.models import effective_mode
+
+        return {"mode": effective_mode(value)}
+    if isinstance(value, ModelSpec) and value.dtype == "auto":
+        from alignment.models import torch_dtype
+
+        return {"dtype": str(torch_dtype(value)).removeprefix("torch.")}
+    if isinstance(value, EngineSpec) and value.kind is EngineKind.auto:
+        from alignment.generation import resolve_kind
+
+        return {"kind": resolve_kind(value)}
+    return {}
+
+
+def hashed_value(value: Any) -> Any:
+    """A config value as its key sees it: data files by content hash, models and artifacts by id,
+    constitutions by content hash, recursively."""
+    if isinstance(value, DataSpec):
+        from alignment.data import data_identity
+
+        return data_identity(value)
+    if isinstance(value, ConstitutionSpec):
+        from alignment.constitution import load_constitution
+
+        return {"constitution_hash": load_constitution(value.path).hash}
+    if isinstance(value, ModelSpec):
+        from alignment.models import model_identity
+
+        return model_identity(value)
+    if isinstance(value, ArtifactRef):
+        return {"artifact": artifact_identity(value.path)}
+    if isinstance(value, BaseModel):
+        return {name: hashed_value(getattr(value, name)) for name in type(value).model_fields}
+    if isinstance(value, dict):
+        return {k: hashed_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [hashed_value(v) for v in value]
+    return value.value if hasattr(value, "value") else value
+
+
+def lineage(value: Any, path: str = "") -> dict[str, Any]:
+    """Human-readable inputs for the manifest: each model, data file, artifact and constitution a config
+    names (dotted path → its name and identity)."""
+    if isinstance(value, ModelSpec | DataSpec | ArtifactRef | ConstitutionSpec):
+        name = value.name if isinstance(value, ModelSpec) else value.path
+        ident = hashed_value(value)
+        return {path.rstrip("."): {"name": name, **(ident if isinstance(ident, dict) else {"id": ident})}}
+    out: dict[str, Any] = {}
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            out.update(lineage(getattr(value, name), f"{path}{name}."))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            out.update(lineage(v, f"{path}{k}."))
+    return out
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        tree = tree.get(p) if isinstance(tree, dict) else None
+        if not isinstance(tree, dict):
+            return
+    tree.pop(leaf, None)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's contract (see the module docstring)."""
+
+    name: str
+    config: type[StageConfig]
+    outputs: dict[str, str]
+    optional_outputs: tuple[str, ...] = ()  # outputs that only some settings write (e.g. `adapter`)
+    templates: tuple[str, ...] | Callable[[Any], tuple[str, ...]] = ()
+    curves: tuple[str, ...] = ()
+    headline: tuple[str, ...] = ()
+    progress: tuple[str, ...] = ()
+    unhashed: dict[str, str] = field(default_factory=dict)  # dotted config path → why it cannot change the output
+
+    def templates_for(self, config: StageConfig) -> tuple[str, ...]:
+        return self.templates(config) if callable(self.templates) else self.templates
+
+    def identity(self, config: StageConfig) -> dict[str, Any]:
+        """What determines the output: the config as hashed (minus `unhashed`), template versions, the
+        device kind and the code version. `config` must already be resolved (``start`` does it)."""
+        from alignment.prompts import template_version
+
+        hashed = hashed_value(config)
+        for dotted in self.unhashed:
+            _drop(hashed, dotted)
+        return {"config": hashed, "templates": {t: template_version(t) for t in self.templates_for(config)},
+                "device": device_kind(), "code_version": code_version()}
+
+    def key(self, config: StageConfig) -> str:
+        """The artifact key (and Prefect cache key) of `config`, with `auto` settings resolved first."""
+        return stage_key(self.name, self.identity(resolve_auto(config)[0]))
+
+    def start(self, config: StageConfig, context: RunContext | None = None) -> "Job":
+        if not isinstance(config, self.config):
+            raise TypeError(f"stage {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
+        resolved, what = resolve_auto(config)
+        ident = self.identity(resolved)
+        return Job(self, resolved, context or RunContext(), ident, stage_key(self.name, ident), what)
+
+    def output(self, result: StageResult | dict[str, Any], name: str) -> Path:
+        """Where output `name` of a finished artifact is (a result object or its dict form)."""
+        base = result.path if isinstance(result, StageResult) else result["path"]
+        return Path(base) / self.outputs[name]
+
+
+@dataclass
+class Job:
+    """One run of a stage: the resolved config, its key, and the store steps of ``run()``."""
+
+    spec: StageSpec
+    config: Any
+    context: RunContext
+    identity: dict[str, Any]
+    key: str
+    resolved: dict[str, str]
+    started: float = field(default_factory=time.time)
+    result: StageResult | None = None
+
+    @property
+    def store(self) -> ArtifactStore:
+        return self.context.store or ArtifactStore()
+
+    def stored(self) -> StageResult | None:
+        """The finished artifact of this key, if the store has it."""
+        if self.store.complete(self.spec.name, self.key):
+            return self.store.load(self.spec.name, self.key)
+        return None
+
+    @contextmanager
+    def writing(self) -> Iterator[Path]:
+        """A private temp dir in the store, renamed to the artifact's place once ``commit`` has run."""
+        with self.store.writer(self.spec.name, self.key) as tmp:
+            yield tmp
+
+    def commit(self, out: Path, metrics: dict[str, Any]) -> None:
+        """Check the outputs and headline metrics the spec declares, then write config.json and the manifest."""
+        shutil.rmtree(out / SCRATCH, ignore_errors=True)
+        missing = [f"{n} ({p})" for n, p in self.spec.outputs.items()
+                   if n not in self.spec.optional_outputs and not (out / p).exists()]
+        absent = [k for k in self.spec.headline if k not in metrics]
+        if missing or absent:
+            raise ContractError(f"stage {self.spec.name} broke its SPEC: missing outputs {missing}, missing "
+                                f"headline metrics {absent} (use None for a metric not computed)")
+        (out / "config.json").write_text(self.config.model_dump_json(indent=2))
+        write_manifest(out, stage=self.spec.name, key=self.key, identity=self.identity,
+                       inputs=lineage(self.config), metrics=metrics, started=self.started,
+                       run_context=self.context.run, resolved=self.resolved)
+        self.result = StageResult(stage=self.spec.name, key=self.key,
+                                  path=str(self.store.path(self.spec.name, self.key)), metrics=metrics)
+
+
+def cli(spec: StageSpec, run: Callable[[Any], StageResult]) -> None:
+    """``python -m alignment.stages.<stage> --config x.yaml``: run one stage alone, print its result."""
+    from alignment.config.loader import load_yaml_model
+
+    p = argparse.ArgumentParser(prog=f"python -m alignment.stages.{spec.name}", description=f"Run the {spec.name} stage.")
+    p.add_argument("--config", required=True, help=f"YAML file holding a {spec.config.__name__}")
+    args = p.parse_args()
+    result = run(load_yaml_model(Path(args.config), spec.config))
+    print(json.dumps(result.to_dict(), indent=2, default=str))
