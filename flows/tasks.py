@@ -21,8 +21,9 @@ from alignment.stages import RunContext, StageSpec, runner, spec, spec_for
 
 
 def stage_cache_key(ctx, params: dict[str, Any]) -> str:
-    config = params["config"]
-    return f"{spec_for(config).name}-{spec_for(config).key(config)}"
+    """``<stage>-<artifact key>``: pure (the store is consulted by ``Chain.run``, not here)."""
+    stage = spec_for(params["config"])
+    return f"{stage.name}-{stage.key(params['config'])}"
 
 
 def _progress_hook(stage: StageSpec, label: str):
