@@ -132,7 +132,7 @@ def wait(run_id: str | None, poll: float = 2.0) -> bool:
             progress = {a.key.removesuffix("-progress"): a.data for a in arts if a.key and a.key.endswith("-progress")}
             parts = []
             for t in sorted(tasks, key=lambda t: t.expected_start_time or t.created):
-                pct = progress.get(t.name)
+                pct = progress.get(t.name.replace("_", "-"))  # artifact keys allow [a-z0-9-]
                 shown = f" {pct:.0f}%" if t.state_name == "Running" and isinstance(pct, int | float) else ""
                 parts.append(f"{t.name}: {t.state_name}{shown}")
             line = f"{run.state_name}  " + "  ".join(parts)

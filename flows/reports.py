@@ -168,8 +168,10 @@ def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, s
     numbers = headline(results)
     card = [f"# {flow}: results", "", "| step | status | artifact |", "|---|---|---|"]
     card += [f"| {s} | {statuses[s]} | `{r['key']}` |" for s, r in results.items()]
+    skipped = [k for k, v in numbers.items() if v is None]  # e.g. judged numbers with a judge at chance
     card += ["", "| metric | value |", "|---|---|",
-             *[f"| {k} | {'not computed' if v is None else _fmt(v)} |" for k, v in numbers.items()]]
+             *[f"| {k} | {_fmt(v)} |" for k, v in numbers.items() if v is not None],
+             *([f"| not computed | {', '.join(skipped)} |"] if skipped else [])]
     create_markdown_artifact("\n".join(card), key=f"{flow}-results", description=f"{flow}: headline results")
     return numbers
 

@@ -37,7 +37,7 @@ SPEC = StageSpec(
     templates=lambda c: (PairwiseJudge.template, REFUSAL_TEMPLATE) if c.judge is not None else (),
     outputs={"report": "report.md", "comparison": "comparison.jsonl"},
     # None where not computed: judged numbers at chance, no red-team set, no reward model, no kl
-    headline=("win_rate", "win_rate_ci_low", "win_rate_ci_high", "length_drift_ratio",
+    headline=("judged", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "length_drift_ratio",
               "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
               "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate",
               "reward_diff_mean", "reward_diff_ci_low", "reward_diff_ci_high", "kl_k3_mean"),
