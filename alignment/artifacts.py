@@ -142,6 +142,18 @@ class ArtifactStore:
         m = json.loads((p / MANIFEST).read_text())
         return StageResult(stage=stage, key=key, path=str(p), metrics=m.get("metrics", {}), reused=True)
 
+    def lock(self, stage: str, key: str):
+        """Take the key's lock (an exclusive ``flock``; waits while another process holds it) and return the
+        open lock file; closing it (or the process ending, even by SIGKILL) releases the lock. Two runs of
+        the same key therefore never compute it at once or clobber each other's checkpoints."""
+        import fcntl
+
+        path = self.root / ".locks" / f"{stage}-{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return handle
+
     @contextlib.contextmanager
     def writer(self, stage: str, key: str) -> Iterator[Path]:
         """Yield a private temp dir; on success it is renamed to the artifact path, on error removed."""
@@ -173,6 +185,7 @@ def write_manifest(
     started: float,
     run_context: dict[str, Any] | None = None,
     resolved: dict[str, str] | None = None,
+    launch: dict[str, Any] | None = None,
 ) -> None:
     files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
     manifest = {
@@ -184,6 +197,8 @@ def write_manifest(
         "inputs": inputs,
         "identity": identity,
         "resolved": resolved or {},  # what each `auto` setting became on this machine
+        "launch": launch or {},  # processes, distributed type, ZeRO stage, precision, accelerate config hash
+        "resumed_from_step": metrics.get("resumed_from_step", 0),  # 0: not resumed from a checkpoint
         "code_version": code_version(),
         "libraries": library_versions(),
         "metrics": metrics,

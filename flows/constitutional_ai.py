@@ -38,7 +38,7 @@ from alignment.data import load_data
 from alignment.stages import spec
 from flows import cai_reports, evaluation, reports
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain
+from flows.tasks import Chain, options
 
 FLOW = "constitutional-ai"
 STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
@@ -91,7 +91,7 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
                          "fine-tune on; see the cai-revisions table and try more rounds, a larger "
                          "generation.max_new_tokens or a stronger model")
     sl = model_from(run("sl_cai", SFTStageConfig(model=recipe.model, data=data_of(revised, "critique_revise", "sft"),
-                                                 **dict(recipe.sft))), recipe.model)
+                                                 **options(recipe.sft, recipe))), recipe.model)
     sl_answers = run("respond_sl_cai", respond_config(recipe, sl))
     samples = run("samples", GenerateStageConfig(model=sl, prompts=recipe.redteam_prompts, engine=recipe.engine,
                                                  num_samples=2, generation=recipe.samples))
@@ -100,12 +100,12 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
     preferences = data_of(labels, "feedback", "preferences")
     preference_model = None
     if recipe.rl_method == "dpo":
-        rl = run("rl_cai", DPOStageConfig(model=sl, data=preferences, **dict(recipe.dpo)))
+        rl = run("rl_cai", DPOStageConfig(model=sl, data=preferences, **options(recipe.dpo, recipe)))
     else:  # the paper: a preference model on the soft labels, then PPO against it
         preference_model = model_from(run("preference_model", RewardStageConfig(
-            model=sl, data=preferences, **dict(recipe.preference_model))), recipe.model)
+            model=sl, data=preferences, **options(recipe.preference_model, recipe))), recipe.model)
         rl = run("rl_cai", PPOStageConfig(model=sl, prompts=recipe.redteam_prompts,
-                                          reward=RewardSources(model=preference_model), **dict(recipe.ppo)))
+                                          reward=RewardSources(model=preference_model), **options(recipe.ppo, recipe)))
     rl_answers = run("respond_rl_cai", respond_config(recipe, model_from(rl, recipe.model)))
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=preference_model)

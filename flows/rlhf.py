@@ -31,7 +31,7 @@ from alignment.config.loader import validate_model
 from alignment.stages import reward, sft
 from flows import evaluation, reports
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain
+from flows.tasks import Chain, options
 
 FLOW = "rlhf"
 RL_CONFIG = {RLAlgorithm.ppo: PPOStageConfig, RLAlgorithm.grpo: GRPOStageConfig, RLAlgorithm.rloo: RLOOStageConfig}
@@ -54,11 +54,11 @@ def training_configs(recipe: RLHFRecipe, sft_model: ModelSpec | None = None,
     start = sft_model or recipe.model
     out: dict[str, Any] = {}
     if recipe.sft is not None:
-        out["sft"] = SFTStageConfig(model=recipe.model, **dict(recipe.sft))
-    out["reward"] = RewardStageConfig(model=start, **dict(recipe.reward))
+        out["sft"] = SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe))
+    out["reward"] = RewardStageConfig(model=start, **options(recipe.reward, recipe))
     sources = RewardSources(model=reward_model or recipe.model, **dict(recipe.reward_mix))
-    options = getattr(recipe, recipe.algorithm.value)
-    out["rl"] = RL_CONFIG[recipe.algorithm](model=start, prompts=recipe.prompts, reward=sources, **dict(options))
+    section = getattr(recipe, recipe.algorithm.value)
+    out["rl"] = RL_CONFIG[recipe.algorithm](model=start, prompts=recipe.prompts, reward=sources, **options(section, recipe))
     return out
 
 

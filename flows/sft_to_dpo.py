@@ -21,7 +21,7 @@ from alignment.config.loader import validate_model
 from alignment.stages import dpo, sft
 from flows import evaluation, reports
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain
+from flows.tasks import Chain, options
 
 FLOW = "sft-to-dpo"
 STEPS = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate")
@@ -35,8 +35,8 @@ def steps(recipe: SftToDpoRecipe) -> tuple[str, ...]:
 
 def training_configs(recipe: SftToDpoRecipe, sft_model: ModelSpec | None = None) -> dict[str, Any]:
     """The SFT and DPO configs; DPO starts from `sft_model` (the base model before SFT exists: preflight)."""
-    return {"sft": SFTStageConfig(model=recipe.model, **dict(recipe.sft)),
-            "dpo": DPOStageConfig(model=sft_model or recipe.model, **dict(recipe.dpo))}
+    return {"sft": SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe)),
+            "dpo": DPOStageConfig(model=sft_model or recipe.model, **options(recipe.dpo, recipe))}
 
 
 def preflight(recipe: SftToDpoRecipe) -> None:

@@ -49,9 +49,10 @@ def _run_stage(config) -> dict[str, Any]:
     ctx = get_run_context()
     stage, label = spec(ctx.task.name), ctx.task_run.name
     run = {"flow_run_id": str(ctx.task_run.flow_run_id), "task_run_id": str(ctx.task_run.id)}
-    result = runner(stage.name)(config, RunContext(run=run, progress=_progress_hook(stage, label)))
-    get_run_logger().info("%s: %s artifact %s at %s", label, "reused" if result.reused else "wrote",
-                          result.key, result.path)
+    logger = get_run_logger()
+    result = runner(stage.name)(config, RunContext(run=run, progress=_progress_hook(stage, label),
+                                                   log=lambda line: logger.info("%s", line)))
+    logger.info("%s: %s artifact %s at %s", label, "reused" if result.reused else "wrote", result.key, result.path)
     return result.to_dict()
 
 
@@ -89,3 +90,11 @@ class Chain:
 
     def summary(self) -> dict[str, dict[str, str]]:
         return {k: {"status": self.states[k], "key": r["key"], "path": r["path"]} for k, r in self.results.items()}
+
+
+def options(section, recipe) -> dict[str, Any]:
+    """A recipe section's fields for its stage config; an unset `launch` inherits the recipe's."""
+    fields = dict(section)
+    if "launch" in fields and fields["launch"] is None:
+        fields["launch"] = recipe.launch
+    return fields

@@ -23,6 +23,7 @@ from alignment.config.base import (  # noqa: F401
     EvaluationJudgeSpec,
     GenerationSpec,
     JudgeSpec,
+    LaunchSpec,
     ModelSpec,
     PairwiseJudgeSpec,
     StageConfig,

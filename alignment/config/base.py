@@ -83,6 +83,25 @@ class TrainSpec(Strict):
     logging_steps: int = Field(2, ge=1, description="Record metrics every N steps (training curves).")
     seed: int = Field(0, description="Seed for data order, adapter init and sampling.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    checkpoint_every: int = Field(
+        25, ge=1, description="Save a resumable checkpoint every N optimizer steps (PPO: iterations) under "
+        "$ALIGNMENT_HOME/checkpoints/<stage>/<key>/; the same config run again resumes from the newest one that "
+        "loads. The last `keep_checkpoints` are kept; all go once the artifact is committed.")
+    keep_checkpoints: int = Field(2, ge=1, le=100, description="Checkpoints kept (older ones are pruned).")
+    report_to: list[Literal["tensorboard", "mlflow", "wandb", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers to log to (none by default); the run is named "
+        "after the Prefect flow run. Each needs its package and its usual settings (e.g. WANDB_MODE, "
+        "MLFLOW_TRACKING_URI) in the environment.")
+
+
+class LaunchSpec(Strict):
+    """How a training stage runs: in one process (the default) or under `accelerate launch`."""
+
+    accelerate_config: str | None = Field(
+        None, description="A plain accelerate config file: one of flows/infra/ (ddp, zero2, zero3, "
+        "zero3-offload, fsdp, two-node) or your own. Unset with num_processes > 1: flows/infra/ddp.yaml.")
+    num_processes: int | None = Field(None, ge=1, le=4096, description="Processes in all, over every machine "
+                                      "(overrides the file's num_processes); more than 1 launches the stage.")
 
 
 class GenerationSpec(Strict):

@@ -12,6 +12,7 @@ from alignment.config.base import (
     EngineSpec,
     EvaluateOptions,
     GenerationSpec,
+    LaunchSpec,
     ModelSpec,
     Strict,
 )
@@ -41,6 +42,9 @@ class RecipeBase(Strict):
                                description="Engine for answers (`hf` by default: vLLM on CPU needs a fresh process).")
     evaluate: EvaluateOptions | None = Field(default_factory=EvaluateOptions,
                                              description="Evaluation of the final policy; null skips it.")
+    launch: LaunchSpec | None = Field(None, description="Default launch of every training stage (a stage's own "
+                                      "`launch` wins): e.g. {accelerate_config: flows/infra/zero3.yaml, "
+                                      "num_processes: 8}; unset: one process.")
 
 
 class SftToDpoRecipe(RecipeBase):

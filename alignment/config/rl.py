@@ -12,6 +12,7 @@ from alignment.config.base import (
     EngineSpec,
     GenerationSpec,
     JudgeSpec,
+    LaunchSpec,
     ModelSpec,
     StageConfig,
     Strict,
@@ -58,10 +59,10 @@ def _rollout_default() -> GenerationSpec:
 class PPOOptions(Strict):
     """Our PPO (TRL 1.16 has none): policy with a value head, per-token KL penalty to the reference, GAE."""
 
-    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5, batch_size=8),
+    train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5, batch_size=8, checkpoint_every=5),
                              description="learning_rate, batch_size (the minibatch), grad_accum, max_length, "
-                             "weight_decay, warmup_ratio, lr_scheduler and seed apply; epochs/max_steps do not "
-                             "(see iterations).")
+                             "weight_decay, warmup_ratio, lr_scheduler, seed, checkpoint_every (in iterations) and "
+                             "report_to apply; epochs/max_steps do not (see iterations).")
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     iterations: int = Field(20, ge=1, description="Rollout → update iterations.")
     rollout_batch: int = Field(16, ge=1, description="Prompts (one response each) per iteration.")
@@ -81,10 +82,11 @@ class PPOOptions(Strict):
     missing_eos_penalty: float | None = Field(
         1.0, ge=0, description="Subtracted from the score of responses cut at rollout.max_new_tokens without EOS.")
     sample_every: int = Field(5, ge=1, description="Record a table of sample rollouts every N iterations.")
-    checkpoint_every: int = Field(5, ge=1, description="Save a resumable checkpoint every N iterations.")
     engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
                                description="Rollout engine: `hf` generates with the live policy; `vllm` "
                                "loads the policy's new weights every iteration.")
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
 
 class GroupRLOptions(Strict):
@@ -99,6 +101,8 @@ class GroupRLOptions(Strict):
     rollout: GenerationSpec = Field(default_factory=_rollout_default, description="Sampling of the group.")
     engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
                                description="`hf` (transformers) or `vllm` (TRL's colocated vLLM).")
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
     @model_validator(mode="after")
     def _batch_holds_groups(self) -> "GroupRLOptions":

@@ -22,6 +22,7 @@ from alignment.config.base import (
     EngineSpec,
     GenerationSpec,
     JudgeSpec,
+    LaunchSpec,
     ModelSpec,
     PairwiseJudgeSpec,
     StageConfig,
@@ -39,6 +40,8 @@ class SFTOptions(Strict):
     mix_data: DataSpec | None = Field(None, description="Extra SFT data mixed in (e.g. helpful data next to "
                                       "Constitutional AI revisions, so helpfulness is kept).")
     mix_ratio: float = Field(0.5, ge=0, lt=1, description="Share of training rows drawn from mix_data.")
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
 
 class SFTSection(SFTOptions):
@@ -65,6 +68,8 @@ class DPOOptions(Strict):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
     loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
 
 class DPOSection(DPOOptions):
@@ -199,6 +204,8 @@ class RewardOptions(Strict):
         "rewards stay near 0 and PPO's KL penalty keeps its meaning; null turns it off.")
     heldout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Without eval_data: share of `data` held out (seeded) for accuracy.")
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
 
 class RewardSection(RewardOptions):

@@ -13,9 +13,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from alignment import training
 from alignment.config import EngineKind, RLAlgorithm
 from alignment.rl.stage import RLInputs, mean_of
-from alignment.training import Progress, metrics_callback, trainer_kwargs, write_curves
+from alignment.training import Progress, progress_callback, trainer_kwargs, write_curves
 
 # TRL's (config, trainer) class names per algorithm
 TRAINERS = {RLAlgorithm.grpo: ("GRPOConfig", "GRPOTrainer"), RLAlgorithm.rloo: ("RLOOConfig", "RLOOTrainer")}
@@ -42,22 +43,23 @@ def _route_weight_sync(trainer) -> None:
     gen.sync_weights = lambda: load_weights_into(gen.llm, gen._iter_named_params())
 
 
-def _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, progress, use_vllm):
+def _train(Trainer, policy, reward_fn, args, prompts, tok, lora, progress, use_vllm, checkpoints):
     import torch
     from datasets import Dataset
 
-    trainer = Trainer(model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
-                      train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
-                      peft_config=lora, callbacks=[metrics_callback(history, progress)])
+    trainer = training.resumable(Trainer)(
+        model=policy, reward_funcs=[reward_callable(reward_fn, "reward")], args=args,
+        train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]), processing_class=tok,
+        peft_config=lora, callbacks=[progress_callback(progress)])
     if use_vllm and not torch.cuda.is_available():
         _route_weight_sync(trainer)
-    result = trainer.train()
+    result, resumed, history = training.train(trainer, checkpoints)
     if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
         import gc
 
         trainer.vllm_generation.llm = None
         gc.collect()
-    return trainer, result
+    return trainer, result, resumed, history
 
 
 class _DistributedEnv:
@@ -86,10 +88,11 @@ def trainer_classes(algorithm: RLAlgorithm):
     return getattr(trl, config_name), getattr(trl, trainer_name)
 
 
-def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, algorithm: RLAlgorithm) -> dict[str, Any]:
+def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, algorithm: RLAlgorithm,
+                checkpoints: Path, run_name: str | None = None) -> dict[str, Any]:
     import torch
 
-    from alignment.models import load_model, load_tokenizer, peft_config, save_trained
+    from alignment.models import load_model, load_tokenizer, peft_config
     from alignment.rewards import RewardFunction
 
     Config, Trainer = trainer_classes(algorithm)
@@ -101,7 +104,7 @@ def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, 
         if torch.cuda.is_available():
             policy.to("cuda")
         prompts = inputs.prompts
-        kwargs = trainer_kwargs(config.train, out, len(prompts) * config.num_generations)
+        kwargs = trainer_kwargs(config.train, checkpoints, len(prompts) * config.num_generations, run_name)
         fields = {f.name for f in dataclasses.fields(Config)}
         kwargs = {k: v for k, v in kwargs.items() if k in fields}
         use_vllm = config.engine.kind is EngineKind.vllm
@@ -117,11 +120,10 @@ def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, 
                       num_iterations=config.num_iterations, max_completion_length=config.rollout.max_new_tokens,
                       temperature=config.rollout.temperature, top_p=config.rollout.top_p, use_vllm=use_vllm,
                       disable_dropout=True, **extra)
-        history: list[dict[str, Any]] = []
         env = _DistributedEnv() if use_vllm else contextlib.nullcontext()
         with env:
-            trainer, result = _train(Trainer, policy, reward_fn, args, prompts, tok, lora, history, progress,
-                                     use_vllm)
+            trainer, result, resumed, history = _train(Trainer, policy, reward_fn, args, prompts, tok, lora,
+                                                       progress, use_vllm, checkpoints)
         write_curves(out, history)
         metrics: dict[str, Any] = {
             "algorithm": algorithm.value, "steps": result.global_step, "num_generations": config.num_generations,
@@ -131,8 +133,9 @@ def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, 
             "train_reward_last3": mean_of(history, "reward", last=True), "train_kl_last3": mean_of(history, "kl", last=True),
             "entropy_last3": mean_of(history, "entropy", last=True),
             "response_length_last3": mean_of(history, "completions/mean_length", last=True),
+            "resumed_from_step": resumed,
         }
-        metrics.update(save_trained(trainer.model, tok, out))
+        metrics.update(training.save_model(trainer, tok, out))
     finally:
         reward_fn.close()
     return metrics

@@ -13,15 +13,21 @@ One iteration:
 4. **Update**: `ppo_epochs` passes over shuffled minibatches (`train.batch_size`, with `grad_accum`):
    clipped policy loss + `vf_coef` × clipped value loss, gradient clipping, AdamW.
 5. **Log**: mean score, KL, entropy, clip fractions, value loss, explained variance, response length;
-   a table of sample rollouts every `sample_every` iterations; a checkpoint every `checkpoint_every`.
+   a table of sample rollouts every `sample_every` iterations; a checkpoint every `train.checkpoint_every`.
+
+Several processes (`accelerate launch`): the policy and its value head are one module
+(``PolicyAndValue``), so DDP synchronises, and DeepSpeed ZeRO-2/3 shards, both; each process takes its
+share of the rollout prompts; generation under ZeRO-3 gathers the weights first (TRL's
+``unwrap_model_for_generation``); gradient accumulation and clipping go through accelerate (DeepSpeed
+clips itself, from ``max_grad_norm``).
 
 Layout: prompts are left-padded to a common length P and responses right-padded to T, so response
 token t sits at position P + t and is predicted by the logits at P + t - 1.
 
-Resuming: every random draw of iteration i is seeded from (seed, i), and a checkpoint holds the trainable
-weights (adapter + value head, safetensors), the optimizer and scheduler states, the KL coefficient and
-the metrics so far; a run that resumes from iteration k's checkpoint therefore computes what an
-uninterrupted run computes (tested). The policy runs in eval mode throughout (no dropout), so the
+Resuming: every random draw of iteration i is seeded from (seed, i), and a checkpoint holds accelerate's
+state (weights, optimizer, scheduler, RNG; DeepSpeed's own sharded checkpoint under ZeRO), the KL
+coefficient and the metrics so far; a run that resumes from iteration k's checkpoint therefore computes
+what an uninterrupted run computes (tested). The policy runs in eval mode throughout (no dropout), so the
 probability ratio is exactly 1 at the first minibatch of each iteration.
 """
 
@@ -106,6 +112,29 @@ def forward(model, value_head: ValueHead | None, input_ids, attention_mask, T: i
     return res
 
 
+class PolicyAndValue(nn.Module):
+    """The policy and its value head as one module: what accelerate prepares, DDP synchronises and
+    DeepSpeed shards and checkpoints."""
+
+    def __init__(self, policy, value_head: ValueHead):
+        super().__init__()
+        self.policy, self.value_head = policy, value_head
+
+    def forward(self, input_ids, attention_mask, T: int, temperature: float, with_entropy: bool = False):
+        return forward(self.policy, self.value_head, input_ids, attention_mask, T, temperature, with_entropy)
+
+    # what TRL's generation helper asks of a model (it switches checkpointing off while generating)
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return getattr(self.policy, "is_gradient_checkpointing", False)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.policy.gradient_checkpointing_disable()
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.policy.gradient_checkpointing_enable(**kwargs)
+
+
 def reference_logp(model, ref_model, input_ids, attention_mask, T: int, temperature: float) -> torch.Tensor:
     """Response log-probs under the reference: `ref_model` (full fine-tuning) or, for a LoRA policy, the
     same weights with the adapter disabled."""
@@ -123,32 +152,49 @@ class PPOLoop:
     """The PPO loop over a policy (a PEFT model or a full model), its value head and a reward function."""
 
     def __init__(self, config: PPOStageConfig, policy, tokenizer, reward_fn, prompts: list[Chat],
-                 ref_model=None, engine=None, progress: Callable[[float, dict], None] | None = None):
+                 ref_model=None, engine=None, progress: Callable[[float, dict], None] | None = None,
+                 trackers: list[str] | tuple[str, ...] = (), run_name: str | None = None):
         from accelerate import Accelerator
         from transformers import get_scheduler
+
+        from alignment.training import tracker_dir
 
         self.config, self.tok, self.reward_fn, self.prompts = config, tokenizer, reward_fn, prompts
         self.is_peft = hasattr(policy, "disable_adapter")
         if not self.is_peft and ref_model is None:
             raise ValueError("ppo: full fine-tuning needs a frozen reference model (ref_model)")
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        from alignment import launch
+
+        launch.init_cpu_state()
+        self.accelerator = Accelerator(log_with=list(trackers) or None,
+                                       project_dir=str(tracker_dir(run_name or "ppo")) if trackers else None,
+                                       gradient_accumulation_steps=config.train.grad_accum)
+        if trackers:
+            self.accelerator.init_trackers("alignment-ppo", config=_flat(config.model_dump(mode="json")),
+                                           init_kwargs={t: {"name": run_name} for t in ("wandb", "trackio") if run_name})
+        launch.check_world(self.accelerator.num_processes)
+        _deepspeed_settings(self.accelerator, config)
         torch.manual_seed(config.train.seed)
         hidden = policy.config.get_text_config().hidden_size
-        self.value_head = ValueHead(hidden).to(next(policy.parameters()).device)
-        params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        opt = torch.optim.AdamW(params, lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
+        model = PolicyAndValue(policy, ValueHead(hidden).to(next(policy.parameters()).device))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate,
+                                weight_decay=config.train.weight_decay)
         updates = config.iterations * config.ppo_epochs * math.ceil(
             config.rollout_batch / (config.train.batch_size * config.train.grad_accum))
         sched = get_scheduler(config.train.lr_scheduler, opt, num_warmup_steps=round(config.train.warmup_ratio * updates),
                               num_training_steps=updates)
-        self.policy, self.value_head, self.optimizer, self.scheduler = self.accelerator.prepare(
-            policy, self.value_head, opt, sched)
-        self.ref_model = ref_model.to(self.accelerator.device).eval() if ref_model is not None else None
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, opt, sched)
+        self.ref_model = _prepare_reference(ref_model, self.accelerator)
         self.engine, self.progress = engine, progress
         self.kl = pm.KLController(config.kl_coef, config.kl_target, config.kl_horizon)
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
+
+    @property
+    def policy(self):
+        """The policy itself (unwrapped from DDP/DeepSpeed)."""
+        return self.accelerator.unwrap_model(self.model).policy
 
     # -- rollout ---------------------------------------------------------------------------------
     def _prompt_batch(self, iteration: int) -> list[Chat]:
@@ -167,12 +213,15 @@ class PPOLoop:
         spec = self.config.rollout.model_copy(update={"seed": seed, "batch_size": max(self.config.rollout.batch_size,
                                                                                       len(chats))})
         if self.engine is not None:  # vLLM: load the current weights first
-            self.engine.load_weights(policy_weights(self.accelerator.unwrap_model(self.policy)))
+            self.engine.load_weights(policy_weights(self.policy))
             return self.engine.generate(chats, spec)
+        from trl.models.utils import unwrap_model_for_generation
+
         from alignment.generation.hf import HFEngine
 
-        model = self.accelerator.unwrap_model(self.policy)
-        return HFEngine(model, self.tok, static_cache="off").generate(chats, spec)
+        # under ZeRO-3 the weights are gathered for the whole generation (else every token is a collective)
+        with unwrap_model_for_generation(self.model, self.accelerator) as unwrapped:
+            return HFEngine(unwrapped.policy, self.tok, static_cache="off").generate(chats, spec)
 
     def rollout(self, iteration: int) -> Batch:
         acc = self.accelerator  # several processes: each takes its share of the prompts
@@ -197,12 +246,11 @@ class PPOLoop:
         b = self.rollout(it)
         t_rollout = time.time() - t0
         T, mask = b.mask.shape[1], b.mask
-        self.policy.eval()
+        self.model.eval()
         with torch.no_grad():
-            old = forward(self.policy, self.value_head, b.input_ids, b.attention_mask, T, cfg.rollout.temperature,
-                          with_entropy=True)
-            ref_logp = reference_logp(self.accelerator.unwrap_model(self.policy), self.ref_model, b.input_ids,
-                                      b.attention_mask, T, cfg.rollout.temperature)
+            old = self.model(b.input_ids, b.attention_mask, T, cfg.rollout.temperature, with_entropy=True)
+            ref_logp = reference_logp(self.policy, self.ref_model, b.input_ids, b.attention_mask, T,
+                                      cfg.rollout.temperature)
             kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
             rewards = pm.token_rewards(b.scores, kl, mask, self.kl.coef)
             if cfg.whiten_rewards:
@@ -215,26 +263,21 @@ class PPOLoop:
         gen = torch.Generator().manual_seed(_rng_seed(cfg.train.seed, it, 3))
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=gen).tolist()
-            chunks = [order[i : i + mb] for i in range(0, B, mb)]
-            for g in range(0, len(chunks), cfg.train.grad_accum):
-                group = chunks[g : g + cfg.train.grad_accum]
-                for idx in group:
-                    i = torch.tensor(idx, device=mask.device)
-                    new = forward(self.policy, self.value_head, b.input_ids[i], b.attention_mask[i], T,
-                                  cfg.rollout.temperature)
+            for idx in (order[i : i + mb] for i in range(0, B, mb)):
+                i = torch.tensor(idx, device=mask.device)
+                with self.accelerator.accumulate(self.model):  # steps every `grad_accum` minibatches
+                    new = self.model(b.input_ids[i], b.attention_mask[i], T, cfg.rollout.temperature)
                     pl, ps = pm.policy_loss(new["logp"], old["logp"][i], adv[i], mask[i], cfg.cliprange)
                     vl, vs = pm.value_loss(new["values"], old["values"][i], returns[i], mask[i], cfg.cliprange_value)
-                    loss = (pl + cfg.vf_coef * vl) / len(group)
-                    self.accelerator.backward(loss)
-                    for k, v in (("policy_loss", pl), ("value_loss", vl), *ps.items(), *vs.items()):
-                        stats[k].append(float(v.detach()))
-                self.accelerator.clip_grad_norm_(
-                    [p for p in self.policy.parameters() if p.requires_grad] + list(self.value_head.parameters()),
-                    cfg.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-        seq_kl = (kl.sum(1)).mean().item()
+                    self.accelerator.backward(pl + cfg.vf_coef * vl)
+                    if self.accelerator.sync_gradients:
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                for k, v in (("policy_loss", pl), ("value_loss", vl), *ps.items(), *vs.items()):
+                    stats[k].append(float(v.detach()))
+        seq_kl = self.accelerator.reduce(kl.sum(1).mean(), "mean").item()  # one KL for every process
         coef = self.kl.coef
         self.kl.update(seq_kl, B)
         lengths = mask.sum(1).float()
@@ -249,6 +292,7 @@ class PPOLoop:
             **{k: sum(v) / len(v) for k, v in stats.items() if v},
         }
         self.history.append(row)
+        self.accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=it + 1)
         if (it + 1) % cfg.sample_every == 0 or it == 0:
             from alignment.data import prompt_texts
 
@@ -267,69 +311,116 @@ class PPOLoop:
             row = self.step()
             if self.progress:
                 self.progress(self.iteration / cfg.iterations, {"score": row["score"], "kl": row["kl"]})
-            if checkpoint_dir is not None and (self.iteration % cfg.checkpoint_every == 0 or self.iteration == end):
-                if self.accelerator.is_main_process:
-                    self.save_checkpoint(checkpoint_dir)
-                self.accelerator.wait_for_everyone()
+            if checkpoint_dir is not None and (self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == end):
+                self.save_checkpoint(checkpoint_dir)
         return self.history
+
+    def end(self) -> None:
+        """Close the trackers (a no-op without them)."""
+        self.accelerator.end_training()
 
     # -- checkpoints -----------------------------------------------------------------------------
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        policy = self.accelerator.unwrap_model(self.policy)
-        out = {f"policy.{n}": p.detach().cpu().contiguous() for n, p in policy.named_parameters() if p.requires_grad}
-        vh = self.accelerator.unwrap_model(self.value_head)
-        out.update({f"value_head.{n}": p.detach().cpu().contiguous() for n, p in vh.named_parameters()})
-        return out
+        """Trainable weights by name (`policy.*`, `value_head.*`), full tensors on the CPU: gathered from
+        every process (ZeRO-3 shards included), so every process must call it; under ZeRO-3 only the main
+        process gets them (the others get nothing)."""
+        state = self.accelerator.get_state_dict(self.model) or {}
+        trainable = {n for n, p in self.accelerator.unwrap_model(self.model).named_parameters() if p.requires_grad}
+        return {n: v.detach().cpu().contiguous() for n, v in state.items() if n in trainable}
 
     def value_head_state(self) -> dict[str, torch.Tensor]:
         return {k.removeprefix("value_head."): v for k, v in self.trainable_state().items() if k.startswith("value_head.")}
 
     def save_checkpoint(self, root: Path) -> Path:
-        """``root/iter-N``: weights (safetensors), optimizer/scheduler (torch), state.json; written to a
-        temp name and renamed, and only the newest two are kept."""
+        """``root/iter-N``: accelerate's state (every process writes its part) and state.json, written to a
+        temp name and renamed by the main process; the newest `train.keep_checkpoints` are kept."""
         import shutil
 
-        from safetensors.torch import save_file
-
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"iter-{self.iteration:05d}"
         tmp = root / f".tmp-{final.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "kl_coef": self.kl.coef,
-                                                  "history": self.history, "samples": self.samples}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(root.glob("iter-*"))[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            (tmp / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "kl_coef": self.kl.coef,
+                                                      "history": self.history, "samples": self.samples}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in sorted(root.glob("iter-*"))[: -self.config.train.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         return final
 
-    def load_checkpoint(self, path: Path) -> None:
-        from safetensors.torch import load_file
+    def resume(self, root: Path) -> Path | None:
+        """Load the newest usable checkpoint under `root` (the main process picks it), if any."""
+        from accelerate.utils import broadcast_object_list
 
-        weights = load_file(str(path / "trainable.safetensors"))
-        policy = self.accelerator.unwrap_model(self.policy)
-        vh = self.accelerator.unwrap_model(self.value_head)
-        with torch.no_grad():
-            for name, p in policy.named_parameters():
-                if p.requires_grad:
-                    p.copy_(weights[f"policy.{name}"])
-            for name, p in vh.named_parameters():
-                p.copy_(weights[f"value_head.{name}"])
-        opt = torch.load(path / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+        box = [str(latest_checkpoint(root)) if self.accelerator.is_main_process and latest_checkpoint(root) else None]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(box, from_process=0)
+        if box[0] is None:
+            return None
+        self.load_checkpoint(Path(box[0]))
+        return Path(box[0])
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
         state = json.loads((path / STATE_FILE).read_text())
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
         self.history, self.samples = state["history"], state["samples"]
 
 
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as flat scalar hyper-parameters (what trackers accept)."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float | str | bool) or v is None:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _deepspeed_settings(accelerator, config: PPOStageConfig) -> None:
+    """DeepSpeed cannot infer the micro-batch without a dataloader, and clips gradients itself."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        ds = plugin.deepspeed_config
+        ds["train_micro_batch_size_per_gpu"] = config.train.batch_size
+        ds["gradient_accumulation_steps"] = config.train.grad_accum
+        ds["train_batch_size"] = config.train.batch_size * config.train.grad_accum * accelerator.num_processes
+        ds["gradient_clipping"] = config.max_grad_norm
+
+
+def _prepare_reference(ref_model, accelerator):
+    """The frozen reference of a full fine-tune: DeepSpeed inference under ZeRO-3 (TRL's helper), else
+    on the device in eval mode."""
+    if ref_model is None:
+        return None
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None and plugin.zero_stage == 3:
+        from trl.models.utils import prepare_deepspeed
+
+        return prepare_deepspeed(ref_model, accelerator)
+    return ref_model.to(accelerator.device).eval()
+
+
 def latest_checkpoint(root: Path) -> Path | None:
-    done = sorted(p for p in root.glob("iter-*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
+    """The newest ``iter-N`` whose state loads; damaged newer ones (a kill mid-save) are set aside."""
+    from alignment.training import usable_files
+
+    for path in sorted(root.glob("iter-*"), reverse=True):
+        try:
+            json.loads((path / STATE_FILE).read_text())
+            if usable_files(path):
+                return path
+        except (OSError, ValueError):
+            pass
+        path.rename(path.with_name(f"damaged-{path.name}"))
+    return None
 
 
 def policy_weights(model):

@@ -16,8 +16,14 @@ class RLInputs:
 
 def validate_rl(config) -> RLInputs:
     """Training prompts and the reward sources, checked before anything loads."""
+    from alignment import launch, training
+    from alignment.config import EngineKind
     from alignment.models import resolve_model_path
 
+    training.check_trackers(config.train.report_to)
+    if config.engine.kind is EngineKind.vllm and launch.plan(config.launch).multi_process and not _cuda():
+        raise ValueError("engine.kind: 'vllm' with several processes is not supported on a CPU (each process "
+                         "would start its own vLLM); use engine.kind: hf, or one process")
     prompts = load_data(config.prompts, "prompts")
     if config.reward.model is not None:
         name = config.reward.model.name
@@ -57,3 +63,9 @@ def load_policy(config):
     if config.train.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     return policy, ref, tok
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -18,11 +18,16 @@ Every ``run()`` reads top to bottom::
 
     job = SPEC.start(config, context)          # `auto` settings resolved, key computed
     inputs = validate(job.config)              # typed inputs; bad input raises before anything loads
-    if (stored := job.stored()) is not None:   # the store already holds this key
-        return stored
+    if (stored := job.stored()) is not None:   # the store already holds this key (waits for the key's
+        return stored                          # lock while another run computes it)
+    if job.launched():                         # training stages: several processes → `accelerate launch`
+        return job.run_launched()              # of this same stage; rank 0 commits, this process waits
     with job.writing() as out:                 # the store's temp dir, renamed into place on success
         job.commit(out, compute(out, job.config, inputs, job.context))
     return job.result
+
+Training stages checkpoint into ``job.checkpoints`` (``$ALIGNMENT_HOME/checkpoints/<stage>/<key>/``);
+running the same key again resumes there, and the directory goes only once the artifact is committed.
 
 **Resolved before hashing.** ``adapter.mode: auto``, ``dtype: auto`` and ``engine.kind: auto`` are
 replaced by what they mean on this machine, and the device kind (cpu, cuda, mps) is part of every key,
@@ -31,8 +36,11 @@ records what each `auto` became.
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,9 +51,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from alignment import launch
 from alignment.artifacts import (
     ArtifactStore,
     StageResult,
+    alignment_home,
     artifact_identity,
     code_version,
     stage_key,
@@ -72,6 +82,7 @@ class RunContext:
     run: dict[str, Any] = field(default_factory=dict)
     progress: Progress | None = None
     store: ArtifactStore | None = None
+    log: Callable[[str], None] = print  # where a launched stage's log lines go (the Prefect task: its logger)
 
 
 class ContractError(RuntimeError):
@@ -208,8 +219,11 @@ class StageSpec:
         hashed = hashed_value(config)
         for dotted in self.unhashed:
             _drop(hashed, dotted)
-        return {"config": hashed, "templates": {t: template_version(t) for t in self.templates_for(config)},
-                "device": device_kind(), "code_version": code_version()}
+        out = {"config": hashed, "templates": {t: template_version(t) for t in self.templates_for(config)},
+               "device": device_kind(), "code_version": code_version()}
+        if "launch" in type(config).model_fields:  # what of the launch changes the result (alignment.launch)
+            out["launch"] = launch.plan(config.launch).identity()
+        return out
 
     def key(self, config: StageConfig) -> str:
         """The artifact key (and Prefect cache key) of `config`, with `auto` settings resolved first."""
@@ -220,7 +234,8 @@ class StageSpec:
             raise TypeError(f"stage {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         resolved, what = resolve_auto(config)
         ident = self.identity(resolved)
-        return Job(self, resolved, context or RunContext(), ident, stage_key(self.name, ident), what)
+        plan = launch.plan(resolved.launch) if "launch" in type(resolved).model_fields else launch.LaunchPlan()
+        return Job(self, resolved, context or RunContext(), ident, stage_key(self.name, ident), what, plan)
 
     def output(self, result: StageResult | dict[str, Any], name: str) -> Path:
         """Where output `name` of a finished artifact is (a result object or its dict form)."""
@@ -230,7 +245,7 @@ class StageSpec:
 
 @dataclass
 class Job:
-    """One run of a stage: the resolved config, its key, and the store steps of ``run()``."""
+    """One run of a stage: the resolved config, its key, its launch, and the store steps of ``run()``."""
 
     spec: StageSpec
     config: Any
@@ -238,27 +253,75 @@ class Job:
     identity: dict[str, Any]
     key: str
     resolved: dict[str, str]
+    launch: launch.LaunchPlan
     started: float = field(default_factory=time.time)
     result: StageResult | None = None
+    _lock: Any = field(default=None, repr=False)
 
     @property
     def store(self) -> ArtifactStore:
         return self.context.store or ArtifactStore()
 
+    @property
+    def checkpoints(self) -> Path:
+        """Where a training stage checkpoints (and resumes from) for this key."""
+        return alignment_home() / "checkpoints" / self.spec.name / self.key
+
     def stored(self) -> StageResult | None:
-        """The finished artifact of this key, if the store has it."""
+        """The finished artifact of this key, if the store has it. Takes the key's lock first (a rank of a
+        launch does not: its parent holds it), so a run of the same key in progress elsewhere is waited for."""
+        # machines other than the first of a multi-machine launch join it: they take no lock
+        if self._lock is None and not launch.is_child() and self.launch.machine_rank == 0:
+            self._lock = self.store.lock(self.spec.name, self.key)
         if self.store.complete(self.spec.name, self.key):
+            self._release()
             return self.store.load(self.spec.name, self.key)
         return None
 
+    def launched(self) -> bool:
+        """True when the stage must train in several processes and this process is to launch them."""
+        return self.launch.multi_process and not launch.is_child()
+
+    def run_launched(self) -> StageResult:
+        """`accelerate launch` this stage with the resolved config; rank 0 commits the artifact."""
+        frozen = self.checkpoints.with_name(f"{self.key}.config.json")
+        frozen.parent.mkdir(parents=True, exist_ok=True)
+        frozen.write_text(self.config.model_dump_json())
+        try:
+            launch.run(self.launch, self.spec.name, frozen, self.context.run, self.context.log, self.context.progress)
+            deadline = time.time() + (600 if self.launch.machine_rank else 0)  # machine 0's rank 0 commits
+            while not self.store.complete(self.spec.name, self.key) and time.time() < deadline:
+                time.sleep(2)
+            if not self.store.complete(self.spec.name, self.key):
+                raise ContractError(f"stage {self.spec.name}: the launch exited cleanly but wrote no artifact")
+            if self.launch.machine_rank == 0:
+                self._done()
+            self.result = dataclasses.replace(self.store.load(self.spec.name, self.key), reused=False)
+            return self.result
+        finally:
+            frozen.unlink(missing_ok=True)
+            self._release()
+
     @contextmanager
     def writing(self) -> Iterator[Path]:
-        """A private temp dir in the store, renamed to the artifact's place once ``commit`` has run."""
-        with self.store.writer(self.spec.name, self.key) as tmp:
-            yield tmp
+        """A private temp dir in the store, renamed to the artifact's place once ``commit`` has run. Ranks
+        other than 0 of a launch get a scratch dir that is thrown away: rank 0 alone writes the artifact."""
+        try:
+            if launch.is_child() and not launch.is_main():
+                with tempfile.TemporaryDirectory(prefix=f"{self.spec.name}-rank{launch.rank()}-") as tmp:
+                    yield Path(tmp)
+                return
+            with self.store.writer(self.spec.name, self.key) as tmp:
+                yield tmp
+            if not launch.is_child():
+                self._done()
+        finally:
+            self._release()
 
     def commit(self, out: Path, metrics: dict[str, Any]) -> None:
         """Check the outputs and headline metrics the spec declares, then write config.json and the manifest."""
+        if launch.is_child() and not launch.is_main():
+            return
         shutil.rmtree(out / SCRATCH, ignore_errors=True)
         missing = [f"{n} ({p})" for n, p in self.spec.outputs.items()
                    if n not in self.spec.optional_outputs and not (out / p).exists()]
@@ -266,20 +329,41 @@ class Job:
         if missing or absent:
             raise ContractError(f"stage {self.spec.name} broke its SPEC: missing outputs {missing}, missing "
                                 f"headline metrics {absent} (use None for a metric not computed)")
+        seen = launch.observed() if self.launch.multi_process else None
+        if seen is not None and seen["num_processes"] != self.launch.num_processes:
+            raise ContractError(f"stage {self.spec.name}: launched {self.launch.num_processes} processes but "
+                                f"training ran as {seen}; on a CPU the trainer needs use_cpu=True (alignment.training)")
+        trains = "launch" in type(self.config).model_fields
         (out / "config.json").write_text(self.config.model_dump_json(indent=2))
         write_manifest(out, stage=self.spec.name, key=self.key, identity=self.identity,
                        inputs=lineage(self.config), metrics=metrics, started=self.started,
-                       run_context=self.context.run, resolved=self.resolved)
+                       run_context=self.context.run, resolved=self.resolved,
+                       launch=launch.as_manifest(self.launch, seen) if trains else None)
         self.result = StageResult(stage=self.spec.name, key=self.key,
                                   path=str(self.store.path(self.spec.name, self.key)), metrics=metrics)
 
+    def _done(self) -> None:
+        """The artifact is committed: its checkpoints can go."""
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
 
-def cli(spec: StageSpec, run: Callable[[Any], StageResult]) -> None:
-    """``python -m alignment.stages.<stage> --config x.yaml``: run one stage alone, print its result."""
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def cli(spec: StageSpec, run: Callable[..., StageResult | None]) -> None:
+    """``python -m alignment.stages.<stage> --config x.yaml``: run one stage alone, print its result. A rank
+    of a launch enters here too: it watches its parent and reports progress on stdout (rank 0)."""
     from alignment.config.loader import load_yaml_model
 
     p = argparse.ArgumentParser(prog=f"python -m alignment.stages.{spec.name}", description=f"Run the {spec.name} stage.")
     p.add_argument("--config", required=True, help=f"YAML file holding a {spec.config.__name__}")
     args = p.parse_args()
-    result = run(load_yaml_model(Path(args.config), spec.config))
-    print(json.dumps(result.to_dict(), indent=2, default=str))
+    context = RunContext()
+    if launch.is_child():
+        launch.watch_parent()
+        context = RunContext(run=json.loads(os.environ.get(launch.RUN_CONTEXT, "{}")), progress=launch.child_progress())
+    result = run(load_yaml_model(Path(args.config), spec.config), context)
+    if result is not None and launch.is_main():
+        print(json.dumps(result.to_dict(), indent=2, default=str))

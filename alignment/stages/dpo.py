@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import DPOStageConfig
 from alignment.data import LoadedData, load_data
-from alignment.models import load_model, load_tokenizer, peft_config, save_trained
+from alignment.models import load_model, load_tokenizer, peft_config
 from alignment.stages.contract import RunContext, StageSpec, cli
-from alignment.training import metrics_callback, trainer_kwargs, write_curves
+from alignment.training import progress_callback, trainer_kwargs, write_curves
 
 SPEC = StageSpec(
     name="dpo",
@@ -26,6 +27,7 @@ SPEC = StageSpec(
     # None without eval_data
     headline=("heldout_rewards_accuracies", "heldout_rewards_margins", "heldout_pairs", "train_seconds"),
     progress=("loss", "rewards/accuracies", "rewards/margins"),
+    unhashed=training.UNHASHED,
 )
 EVAL_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "eval_rewards/chosen",
              "eval_rewards/rejected")
@@ -38,6 +40,7 @@ class DPOInputs:
 
 
 def validate(config: DPOStageConfig) -> DPOInputs:
+    training.check_trackers(config.train.report_to)
     return DPOInputs(load_data(config.data, "preference"),
                      load_data(config.eval_data, "preference") if config.eval_data else None)
 
@@ -50,7 +53,7 @@ def _pairs(data: LoadedData):
     return Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in data.rows])
 
 
-def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunContext) -> dict[str, Any]:
+def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunContext, checkpoints: Path) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
     data, held_out = inputs.pairs, inputs.held_out
@@ -58,30 +61,30 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
     model = load_model(config.model, config.adapter)
     peft = peft_config(config.adapter)
     ref = None if peft is not None else load_model(config.model)  # full FT needs a frozen copy
-    history: list[dict[str, Any]] = []
-    kwargs = trainer_kwargs(config.train, out, len(data.rows))
+    kwargs = trainer_kwargs(config.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo"))
     if held_out:
         # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.
         n = len(held_out.rows)
         kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.train.batch_size + 1) if n % d == 0)
     args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value])
-    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_pairs(data),
-                         eval_dataset=_pairs(held_out) if held_out else None, processing_class=tok,
-                         peft_config=peft, callbacks=[metrics_callback(history, context.progress)])
-    result = trainer.train()
+    trainer = training.resumable(DPOTrainer)(
+        model=model, ref_model=ref, args=args, train_dataset=_pairs(data),
+        eval_dataset=_pairs(held_out) if held_out else None, processing_class=tok, peft_config=peft,
+        callbacks=[progress_callback(context.progress)])
+    result, resumed, history = training.train(trainer, checkpoints)
     write_curves(out, history)
     metrics: dict[str, Any] = {
         "train_pairs": len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "train_seconds": result.metrics.get("train_runtime"), "beta": config.beta,
         "loss_type": config.loss_type.value, "adapter_mode": config.adapter.mode.value,
-        "data_format": data.format.value,
+        "data_format": data.format.value, "resumed_from_step": resumed,
         "heldout_pairs": len(held_out.rows) if held_out else None,
         **{k.replace("eval_", "heldout_").replace("/", "_"): None for k in EVAL_KEYS},
     }
     if held_out:
         ev = trainer.evaluate()
         metrics.update({k.replace("eval_", "heldout_").replace("/", "_"): ev[k] for k in EVAL_KEYS if k in ev})
-    metrics.update(save_trained(trainer.model, tok, out))
+    metrics.update(training.save_model(trainer, tok, out))
     return metrics
 
 
@@ -90,8 +93,10 @@ def run(config: DPOStageConfig, context: RunContext | None = None) -> StageResul
     inputs = validate(job.config)
     if (stored := job.stored()) is not None:
         return stored
+    if job.launched():
+        return job.run_launched()
     with job.writing() as out:
-        job.commit(out, train(out, job.config, inputs, job.context))
+        job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
     return job.result
 
 

@@ -6,6 +6,7 @@ clip ratios, lengths), ``manifest.json``. Held-out answers and their reward, KL 
 ``respond`` and ``evaluate`` steps' job.
 """
 
+from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import GRPOStageConfig, RLAlgorithm
 from alignment.rl.group import train_group
@@ -23,6 +24,7 @@ def group_spec(algorithm: RLAlgorithm, config: type) -> StageSpec:
         curves=("reward", "kl", "entropy", "completions/mean_length"),
         headline=("train_reward_first3", "train_reward_last3", "train_kl_last3", "train_seconds"),
         progress=("reward", "kl"),
+        unhashed=training.UNHASHED,
     )
 
 
@@ -31,8 +33,11 @@ def run_group(spec: StageSpec, algorithm: RLAlgorithm, config, context: RunConte
     inputs = validate_rl(job.config)
     if (stored := job.stored()) is not None:
         return stored
+    if job.launched():
+        return job.run_launched()
     with job.writing() as out:
-        job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm))
+        job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm, job.checkpoints,
+                                    training.run_name(job.context.run, spec.name)))
     return job.result
 
 

@@ -3,8 +3,10 @@
 
 The reference is the start model: with LoRA, the same weights with the adapter disabled (no second copy
 in memory); with full fine-tuning, a frozen copy. Checkpoints go to
-``$ALIGNMENT_HOME/checkpoints/ppo/<artifact key>/``: if a run stops (crash, cancelled flow run), running
-the same config again resumes from the last one, and they are deleted once the artifact is written.
+``$ALIGNMENT_HOME/checkpoints/ppo/<artifact key>/`` every `train.checkpoint_every` iterations: if a run
+stops (crash, kill -9, cancelled flow run), running the same config again resumes from the newest one
+that loads, and they are deleted once the artifact is committed. Several processes (`launch`): each
+samples its share of the prompts; DDP or DeepSpeed ZeRO-2/3 (``alignment.rl.ppo``).
 Held-out answers and their reward, KL and length drift are the ``respond`` and ``evaluate`` steps' job.
 
 Output: ``model/`` (merged, safetensors), ``adapter/``, ``value_head.safetensors``, ``curves.jsonl`` (one
@@ -13,11 +15,11 @@ row per iteration: score, KL, entropy, clip fractions, value loss, explained var
 """
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import StageResult, alignment_home
+from alignment import training
+from alignment.artifacts import StageResult
 from alignment.config import EngineKind, PPOStageConfig
 from alignment.rl.stage import RLInputs, load_policy, mean_of, validate_rl
 from alignment.stages.contract import RunContext, StageSpec, cli
@@ -34,19 +36,19 @@ SPEC = StageSpec(
     headline=("train_score_first3", "train_score_last3", "train_kl_last3", "explained_variance_last3",
               "train_seconds"),
     progress=("score", "kl"),
-    unhashed={"checkpoint_every": "a run resumed from any checkpoint computes what an uninterrupted run "
-              "computes (every draw is seeded by iteration; tested)"},
+    unhashed=training.UNHASHED,  # PPO resumes exactly: every draw is seeded by iteration (tested)
 )
-
-
-def checkpoint_root(key: str) -> Path:
-    return alignment_home() / "checkpoints" / SPEC.name / key
 
 
 def rollout_engine(config: PPOStageConfig):
     """None for `hf` (the loop samples with the live policy); a vLLM engine that takes new weights."""
     if config.engine.kind is EngineKind.hf:
         return None
+    from alignment import launch
+
+    if launch.plan(config.launch).multi_process:
+        raise ValueError("engine.kind: 'vllm' for PPO rollouts needs one process (each would load its own "
+                         "vLLM and its own copy of the weights); use engine.kind: hf with several processes")
     if config.engine.kind is not EngineKind.vllm:
         raise ValueError(f"engine.kind: {config.engine.kind.value!r} cannot take the policy's new weights every "
                          "iteration; use 'hf' or 'vllm' for PPO rollouts")
@@ -61,13 +63,14 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunContext, key: str) -> dict[str, Any]:
+def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunContext, checkpoints: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
+    from trl.models.utils import unwrap_model_for_generation
 
     from alignment.models import save_trained
     from alignment.rewards import RewardFunction
-    from alignment.rl.ppo import PPOLoop, latest_checkpoint
+    from alignment.rl.ppo import PPOLoop
 
     policy, ref, tok = load_policy(config)
     reward_fn = RewardFunction.load(config.reward)
@@ -77,16 +80,13 @@ def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunConte
             policy.to("cuda")
         engine = rollout_engine(config)
         loop = PPOLoop(config, policy, tok, reward_fn, inputs.prompts, ref_model=ref, engine=engine,
-                       progress=context.progress)
-        resumed = latest_checkpoint(checkpoint_root(key))
-        if resumed is not None:
-            loop.load_checkpoint(resumed)
-        history = loop.train(checkpoint_root(key))
-        write_curves(out, history)
-        write_jsonl(out / SPEC.outputs["rollouts"], loop.samples)
-        save_file(loop.value_head_state(), str(out / SPEC.outputs["value_head"]))
+                       progress=context.progress, trackers=config.train.report_to,
+                       run_name=training.run_name(context.run, "ppo"))
+        resumed = loop.resume(checkpoints)
+        history = loop.train(checkpoints)
+        value_head = loop.value_head_state()  # every process: gathered under ZeRO-3
         metrics: dict[str, Any] = {
-            "iterations": len(history), "resumed_from_iteration": int(resumed.name.split("-")[1]) if resumed else 0,
+            "iterations": len(history), "resumed_from_step": int(resumed.name.split("-")[1]) if resumed else 0,
             "rollouts": len(history) * config.rollout_batch, "train_score_first3": mean_of(history, "score", last=False),
             "train_score_last3": mean_of(history, "score", last=True), "train_kl_last3": mean_of(history, "kl", last=True),
             "kl_coef_final": loop.kl.coef, "entropy_last3": mean_of(history, "entropy", last=True),
@@ -94,7 +94,13 @@ def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunConte
             "explained_variance_last3": mean_of(history, "explained_variance", last=True),
             "train_seconds": sum(r["iteration_s"] for r in history), "rollout_engine": engine.name if engine else "hf",
         }
-        metrics.update(save_trained(loop.accelerator.unwrap_model(loop.policy), tok, out))
+        with unwrap_model_for_generation(loop.model, loop.accelerator) as unwrapped:  # gathers ZeRO-3 shards
+            if loop.accelerator.is_main_process:
+                write_curves(out, history)
+                write_jsonl(out / SPEC.outputs["rollouts"], loop.samples)
+                save_file(value_head, str(out / SPEC.outputs["value_head"]))
+                metrics.update(save_trained(unwrapped.policy, tok, out))
+        loop.end()
     finally:
         reward_fn.close()
         if engine is not None:
@@ -107,9 +113,10 @@ def run(config: PPOStageConfig, context: RunContext | None = None) -> StageResul
     inputs = validate_rl(job.config)
     if (stored := job.stored()) is not None:
         return stored
+    if job.launched():
+        return job.run_launched()
     with job.writing() as out:
-        job.commit(out, train(out, job.config, inputs, job.context, job.key))
-    shutil.rmtree(checkpoint_root(job.key), ignore_errors=True)  # only once the artifact is committed
+        job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
     return job.result
 
 

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import RewardStageConfig
 from alignment.data import DataError, load_data
 from alignment.models import load_tokenizer, resolve_model_path, save_trained, torch_dtype
 from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.stats import bootstrap_ci
-from alignment.training import metrics_callback, trainer_kwargs, write_curves
+from alignment.training import progress_callback, trainer_kwargs, write_curves
 
 SPEC = StageSpec(
     name="reward",
@@ -36,6 +37,7 @@ SPEC = StageSpec(
     headline=("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
               "heldout_length_baseline_accuracy", "heldout_pairs", "train_seconds"),
     progress=("loss", "accuracy"),
+    unhashed=training.UNHASHED,
 )
 BOOTSTRAP = 1000
 HELDOUT_KEYS = SPEC.headline[:-1]
@@ -57,6 +59,7 @@ def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
 
 
 def validate(config: RewardStageConfig) -> RewardInputs:
+    training.check_trackers(config.train.report_to)
     data = load_data(config.data, "preference")
     with_soft = sum("soft_label" in r for r in data.rows)
     if config.targets == "soft" and with_soft < len(data.rows):
@@ -168,7 +171,8 @@ def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]
     }
 
 
-def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: RunContext) -> dict[str, Any]:
+def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: RunContext,
+          checkpoints: Path) -> dict[str, Any]:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -185,15 +189,14 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
     model.config.pad_token_id = tok.pad_token_id
     lora = peft_config(config.adapter, task_type="SEQ_CLS")
     train_rows = [_columns(r, soft) for r in inputs.train]
-    history: list[dict[str, Any]] = []
-    args = RewardConfig(**trainer_kwargs(config.train, out, len(train_rows)),
+    args = RewardConfig(**trainer_kwargs(config.train, checkpoints, len(train_rows), training.run_name(context.run, "reward")),
                         center_rewards_coefficient=config.center_rewards)
     trainer_cls, collator_cls = soft_label_trainer()
-    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tok,
-                          peft_config=lora, data_collator=collator_cls(pad_token_id=tok.pad_token_id),
-                          callbacks=[metrics_callback(history, context.progress)])
+    trainer = training.resumable(trainer_cls)(
+        model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tok, peft_config=lora,
+        data_collator=collator_cls(pad_token_id=tok.pad_token_id), callbacks=[progress_callback(context.progress)])
     used = len(trainer.train_dataset)
-    result = trainer.train()
+    result, resumed, history = training.train(trainer, checkpoints)
     write_curves(out, history)
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
@@ -201,14 +204,21 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
         "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
-        "data_format": inputs.format, **dict.fromkeys(HELDOUT_KEYS),
+        "data_format": inputs.format, "resumed_from_step": resumed, **dict.fromkeys(HELDOUT_KEYS),
     }
-    model = trainer.model.eval()
+    one_process = trainer.args.world_size == 1
+    if not one_process:  # every rank takes part in the save; then rank 0 scores with the merged model
+        metrics.update(training.save_model(trainer, tok, out, task="seq_cls"))
+        if not trainer.accelerator.is_main_process:
+            return metrics
+        model = AutoModelForSequenceClassification.from_pretrained(out / SPEC.outputs["model"])
+    model = (trainer.model if one_process else model).eval()
     if inputs.heldout:
         with torch.no_grad():
             scores = pair_rewards(model, tok, inputs.heldout, config.train.max_length)
         metrics.update(heldout_metrics(scores, inputs.heldout, tok, out))
-    metrics.update(save_trained(model, tok, out))
+    if one_process:
+        metrics.update(save_trained(model, tok, out))
     write_report(out, metrics)
     return metrics
 
@@ -242,8 +252,10 @@ def run(config: RewardStageConfig, context: RunContext | None = None) -> StageRe
     inputs = validate(job.config)
     if (stored := job.stored()) is not None:
         return stored
+    if job.launched():
+        return job.run_launched()
     with job.writing() as out:
-        job.commit(out, train(out, job.config, inputs, job.context))
+        job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
     return job.result
 
 

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import SFTStageConfig
 from alignment.data import LoadedData, load_data
-from alignment.models import load_model, load_tokenizer, peft_config, save_trained
+from alignment.models import load_model, load_tokenizer, peft_config
 from alignment.stages.contract import RunContext, StageSpec, cli
-from alignment.training import metrics_callback, trainer_kwargs, write_curves
+from alignment.training import progress_callback, trainer_kwargs, write_curves
 
 SPEC = StageSpec(
     name="sft",
@@ -26,6 +27,7 @@ SPEC = StageSpec(
     curves=("loss",),
     headline=("loss_first", "loss_last", "train_seconds"),
     progress=("loss",),
+    unhashed=training.UNHASHED,
 )
 
 
@@ -45,6 +47,7 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(config: SFTStageConfig) -> SFTInputs:
+    training.check_trackers(config.train.report_to)
     return SFTInputs(load_data(config.data, "sft"), load_data(config.mix_data, "sft") if config.mix_data else None)
 
 
@@ -60,7 +63,7 @@ def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int
     return combined
 
 
-def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunContext) -> dict[str, Any]:
+def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunContext, checkpoints: Path) -> dict[str, Any]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -68,21 +71,21 @@ def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunCont
     rows = mixed_rows(data, inputs.mix, config.mix_ratio, config.train.seed)
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
-    history: list[dict[str, Any]] = []
-    args = SFTConfig(**trainer_kwargs(config.train, out, len(rows)), completion_only_loss=config.assistant_only_loss)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         peft_config=peft_config(config.adapter),
-                         callbacks=[metrics_callback(history, context.progress)])
-    result = trainer.train()
+    args = SFTConfig(**trainer_kwargs(config.train, checkpoints, len(rows), training.run_name(context.run, "sft")),
+                     completion_only_loss=config.assistant_only_loss)
+    trainer = training.resumable(SFTTrainer)(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+        peft_config=peft_config(config.adapter), callbacks=[progress_callback(context.progress)])
+    result, resumed, history = training.train(trainer, checkpoints)
     write_curves(out, history)
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
         "train_rows": len(rows), "mix_rows": len(rows) - len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
-        "data_format": data.format.value,
+        "data_format": data.format.value, "resumed_from_step": resumed,
     }
-    metrics.update(save_trained(trainer.model, tok, out))
+    metrics.update(training.save_model(trainer, tok, out))
     return metrics
 
 
@@ -91,8 +94,10 @@ def run(config: SFTStageConfig, context: RunContext | None = None) -> StageResul
     inputs = validate(job.config)
     if (stored := job.stored()) is not None:
         return stored
+    if job.launched():
+        return job.run_launched()
     with job.writing() as out:
-        job.commit(out, train(out, job.config, inputs, job.context))
+        job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
     return job.result
 
 
