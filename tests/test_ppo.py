@@ -58,7 +58,7 @@ def test_first_minibatch_is_on_policy(prompt_file):
 
 
 def test_resume_from_a_checkpoint_equals_continuing(prompt_file, tmp_path):
-    cfg = ppo_config(prompt_file, iterations=4, checkpoint_every=2)
+    cfg = ppo_config(prompt_file, iterations=4, train={"learning_rate": 1e-3, "batch_size": 8, "checkpoint_every": 2})
     straight = make_loop(cfg)
     straight.train()
     first = make_loop(cfg)
@@ -94,7 +94,9 @@ def test_ppo_stage_writes_a_loadable_artifact(prompt_file, store, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(path / "model")  # the merged policy loads
-    assert not ppo.checkpoint_root(res.key).exists(), "checkpoints are removed once the artifact is written"
+    from alignment.artifacts import alignment_home
+
+    assert not (alignment_home() / "checkpoints" / "ppo" / res.key).exists(), "checkpoints go once the artifact is committed"
     assert ppo.run(cfg).reused
 
 
