@@ -21,7 +21,7 @@ Progress = Callable[[float, dict[str, Any]], None]  # (fraction done, latest met
 SCRATCH = "checkpoints"  # trainers' scratch directory inside a stage's temp dir; never part of an artifact
 
 
-def trainer_kwargs(train: TrainSpec, checkpoints: Path, n_rows: int, run_name: str | None = None) -> dict[str, Any]:
+def trainer_kwargs(train: TrainSpec, checkpoints: Path, n_rows: int, run_name: str) -> dict[str, Any]:
     """TrainingArguments shared by TRL's config classes. ``use_cpu`` on a CPU is what makes `accelerate
     launch` with N processes run one N-process job there (without it: N separate single-process runs)."""
     import torch
@@ -30,7 +30,7 @@ def trainer_kwargs(train: TrainSpec, checkpoints: Path, n_rows: int, run_name: s
     total = train.max_steps if train.max_steps > 0 else math.ceil(steps_per_epoch * train.epochs)
     cuda = torch.cuda.is_available()
     if "tensorboard" in train.report_to:  # not under the checkpoints, which go once the artifact is committed
-        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(tracker_dir(run_name or checkpoints.name)))
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(tracker_dir(run_name))
     return {
         "output_dir": str(checkpoints),
         "learning_rate": train.learning_rate,
@@ -68,10 +68,10 @@ def tracker_dir(name: str) -> Path:
     return alignment_home() / "tensorboard" / name
 
 
-def run_name(context_run: dict[str, Any], stage: str) -> str | None:
-    """Trackers name the run after the Prefect flow run (and the stage), when there is one."""
+def run_name(context_run: dict[str, Any], stage: str, key: str) -> str:
+    """Trackers name the run after the Prefect flow run and the stage; outside Prefect, stage and key."""
     flow_run = context_run.get("flow_run_id")
-    return f"{flow_run}-{stage}" if flow_run else None
+    return f"{flow_run}-{stage}" if flow_run else f"{stage}-{key}"
 
 
 def check_trackers(report_to: list[str]) -> None:

@@ -91,7 +91,7 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp())
 
     sft_rows = [to_prompt_completion(r) for r in load_data(DataSpec(path="data/sft_train.jsonl"), "sft").rows]
-    kw = trainer_kwargs(train, scratch, len(sft_rows))
+    kw = {**trainer_kwargs(train, scratch, len(sft_rows), "plain-sft"), "save_strategy": "no"}  # TRL: no saves this short
     plain_sft(model_dir, sft_rows, {**kw, "max_steps": 10})  # warm-up (CUDA context, kernels): not counted
     plain = [plain_sft(model_dir, sft_rows, kw)]
     full = {"mode": "full"}  # plain TRL below fine-tunes fully; on a GPU `auto` means the same
@@ -108,7 +108,7 @@ def main() -> None:
           "loss_last": ours.metrics["loss_last"]})
 
     pref = load_data(DataSpec(path="data/pref_train.jsonl"), "preference").rows
-    kw = trainer_kwargs(train, scratch, len(pref))
+    kw = {**trainer_kwargs(train, scratch, len(pref), "plain-dpo"), "save_strategy": "no"}
     plain_dpo(model_dir, pref, {**kw, "max_steps": 10}, 0.1)  # warm-up, not counted
     plain = [plain_dpo(model_dir, pref, kw, 0.1)]
     cfg = DPOStageConfig(model=ModelSpec(name=ours.path), data=DataSpec(path="data/pref_train.jsonl"),

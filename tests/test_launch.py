@@ -183,3 +183,26 @@ def test_two_runs_of_one_key_at_once_compute_it_once(home):
         outs.append(json.loads(stdout[stdout.index("{\n"):]))
     assert sorted(o["reused"] for o in outs) == [False, True] and outs[0]["key"] == outs[1]["key"]
     assert len(list((home / "store" / "sft").iterdir())) == 1
+
+
+def test_trackers_log_to_tensorboard_and_a_missing_tracker_is_a_clear_error(home):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the pinned environment (requirements*.lock)")
+    result = stages.runner("sft")(sft_config(report_to=["tensorboard"]))
+    runs = home / "tensorboard" / f"sft-{result.key}"
+    assert list(runs.rglob("events.out.tfevents.*")), "TensorBoard event files, outside the removed checkpoints"
+    from importlib.util import find_spec
+
+    missing = next((t for t in ("mlflow", "wandb", "trackio") if find_spec(t) is None), None)
+    if missing:
+        import alignment.stages.sft as mod
+
+        with pytest.raises(ValueError, match=rf"train.report_to: \['{missing}'\] set but not installed"):
+            mod.validate(sft_config(report_to=[missing]))
+
+
+def test_ppo_logs_to_tensorboard(home, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the pinned environment (requirements*.lock)")
+    cfg = PPOStageConfig.model_validate_json(ppo_file(tmp_path).read_text())
+    cfg = cfg.model_copy(update={"iterations": 2, "train": cfg.train.model_copy(update={"report_to": ["tensorboard"]})})
+    result = stages.runner("ppo")(cfg)
+    assert list((home / "tensorboard" / f"ppo-{result.key}").rglob("events.out.tfevents.*"))

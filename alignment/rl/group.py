@@ -89,7 +89,7 @@ def trainer_classes(algorithm: RLAlgorithm):
 
 
 def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, algorithm: RLAlgorithm,
-                checkpoints: Path, run_name: str | None = None) -> dict[str, Any]:
+                checkpoints: Path, run_name: str) -> dict[str, Any]:
     import torch
 
     from alignment.models import load_model, load_tokenizer, peft_config

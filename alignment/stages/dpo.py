@@ -61,7 +61,7 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
     model = load_model(config.model, config.adapter)
     peft = peft_config(config.adapter)
     ref = None if peft is not None else load_model(config.model)  # full FT needs a frozen copy
-    kwargs = trainer_kwargs(config.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo"))
+    kwargs = trainer_kwargs(config.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo", checkpoints.name))
     if held_out:
         # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.
         n = len(held_out.rows)

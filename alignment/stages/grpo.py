@@ -37,7 +37,7 @@ def run_group(spec: StageSpec, algorithm: RLAlgorithm, config, context: RunConte
         return job.run_launched()
     with job.writing() as out:
         job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm, job.checkpoints,
-                                    training.run_name(job.context.run, spec.name)))
+                                    training.run_name(job.context.run, spec.name, job.key)))
     return job.result
 
 

@@ -81,7 +81,7 @@ def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunConte
         engine = rollout_engine(config)
         loop = PPOLoop(config, policy, tok, reward_fn, inputs.prompts, ref_model=ref, engine=engine,
                        progress=context.progress, trackers=config.train.report_to,
-                       run_name=training.run_name(context.run, "ppo"))
+                       run_name=training.run_name(context.run, "ppo", checkpoints.name))
         resumed = loop.resume(checkpoints)
         history = loop.train(checkpoints)
         value_head = loop.value_head_state()  # every process: gathered under ZeRO-3

@@ -189,7 +189,7 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
     model.config.pad_token_id = tok.pad_token_id
     lora = peft_config(config.adapter, task_type="SEQ_CLS")
     train_rows = [_columns(r, soft) for r in inputs.train]
-    args = RewardConfig(**trainer_kwargs(config.train, checkpoints, len(train_rows), training.run_name(context.run, "reward")),
+    args = RewardConfig(**trainer_kwargs(config.train, checkpoints, len(train_rows), training.run_name(context.run, "reward", checkpoints.name)),
                         center_rewards_coefficient=config.center_rewards)
     trainer_cls, collator_cls = soft_label_trainer()
     trainer = training.resumable(trainer_cls)(

@@ -71,7 +71,7 @@ def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunCont
     rows = mixed_rows(data, inputs.mix, config.mix_ratio, config.train.seed)
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
-    args = SFTConfig(**trainer_kwargs(config.train, checkpoints, len(rows), training.run_name(context.run, "sft")),
+    args = SFTConfig(**trainer_kwargs(config.train, checkpoints, len(rows), training.run_name(context.run, "sft", checkpoints.name)),
                      completion_only_loss=config.assistant_only_loss)
     trainer = training.resumable(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
