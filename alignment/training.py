@@ -48,6 +48,7 @@ def trainer_kwargs(train: TrainSpec, checkpoints: Path, n_rows: int, run_name: s
         "seed": train.seed,
         "data_seed": train.seed,
         "gradient_checkpointing": train.gradient_checkpointing,
+        "use_liger_kernel": train.liger_kernel,
         "bf16": cuda and torch.cuda.is_bf16_supported(),
         "use_cpu": not cuda,
         "save_strategy": "steps",
@@ -74,15 +75,17 @@ def run_name(context_run: dict[str, Any], stage: str, key: str) -> str:
     return f"{flow_run}-{stage}" if flow_run else f"{stage}-{key}"
 
 
-def check_trackers(report_to: list[str]) -> None:
-    """Each tracker's package must be importable: say so before any model loads."""
+def check_train(train: TrainSpec) -> None:
+    """What `train` asks for must be installed (each tracker's package, Liger): say so before any model loads."""
     from importlib.util import find_spec
 
-    packages = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
-    missing = [name for name in report_to if find_spec(packages[name]) is None]
+    missing = [name for name in train.report_to if find_spec(name) is None]
     if missing:
         raise ValueError(f"train.report_to: {missing} set but not installed; `pip install {' '.join(missing)}` "
                          "or remove them")
+    if train.liger_kernel and find_spec("liger_kernel") is None:
+        raise ValueError("train.liger_kernel: true needs the liger-kernel package (GPUs): `pip install liger-kernel`, "
+                         "or set it to false")
 
 
 def _opens(path: Path) -> bool:

@@ -1,6 +1,7 @@
 """``alignment``: the command line for work without the UI.
 
     alignment serve [--recipe sft-to-dpo]     start the local Prefect server and serve the deployments
+    alignment deploy --pool NAME [--recipe R] deploy the flows to a work pool (a `prefect worker` runs them)
     alignment run [RECIPE] [-p key=value] [--refresh STAGE]   run the flow in this process
     alignment stage STAGE --config x.yaml     run one stage alone (no Prefect)
     alignment status                          server, serve process, recent runs, store
@@ -46,6 +47,13 @@ def cmd_serve(a) -> None:
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
           f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}) and rlhf ({a.rlhf_recipe!r}); logs in {st['logs']}\n"
           "Run:  prefect deployment run sft-to-dpo/sft-to-dpo --watch   (or constitutional-ai/..., rlhf/rlhf)")
+
+
+def cmd_deploy(a) -> None:
+    from flows.deploy import main as deploy_main
+
+    server.ensure_server()
+    deploy_main(["--pool", a.pool, *(x for r in (a.recipe or []) for x in ("--recipe", r))])
 
 
 def cmd_run(a) -> None:
@@ -232,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
     s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
     s.set_defaults(fn=cmd_serve)
+    s = sub.add_parser("deploy", help="deploy the flows to a Prefect work pool (instead of serve): a worker runs them")
+    s.add_argument("--pool", required=True, help="work pool (created as a `process` pool if missing)")
+    s.add_argument("--recipe", action="append", help="recipes to deploy (default: one per flow)")
+    s.set_defaults(fn=cmd_deploy)
     s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai or rlhf) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")

@@ -120,3 +120,33 @@ def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
     for key in ("sft-summary", "dpo-summary", "dpo-curves", "sft-to-dpo-responses"):
         assert key in text, f"{key} not on the run's Artifacts tab"
     assert (SHOTS / "flow-run-artifacts.png").stat().st_size > 10_000
+
+
+def test_a_worker_runs_the_flows_from_a_work_pool(env, served_runs):
+    """`alignment deploy --pool` ties the deployments to a `process` work pool; a real `prefect worker` on
+    loopback picks the run up and runs it (every step from cache: the store is the one served runs filled)."""
+    sh([sys.executable, "-c", "from flows import server; server.stop('serve')"], env)  # one runner per deployment
+    out = sh([sys.executable, "-m", "flows.cli", "deploy", "--pool", "e2e-pool", "--recipe", "tiny"], env, 240)
+    assert "deployed 8 deployments to pool 'e2e-pool'" in out
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "e2e-pool", "--type", "process"], env=worker_env,
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        run_id = deployment_run(env, "sft-to-dpo/sft-to-dpo")
+        run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=30).json()
+        assert run["work_pool_name"] == "e2e-pool" and run["state"]["name"] == "Completed"
+        assert set(task_states(env, run_id).values()) == {"Cached"}
+    finally:
+        import signal
+
+        for _ in range(2):  # the worker turns the first SIGTERM into a graceful shutdown
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            os.killpg(worker.pid, signal.SIGKILL)

@@ -83,6 +83,8 @@ class TrainSpec(Strict):
     logging_steps: int = Field(2, ge=1, description="Record metrics every N steps (training curves).")
     seed: int = Field(0, description="Seed for data order, adapter init and sampling.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    liger_kernel: bool = Field(False, description="Liger's fused kernels (RMSNorm, RoPE, SwiGLU) in the TRL "
+                               "trainers: faster on GPUs; needs the liger-kernel package.")
     checkpoint_every: int = Field(
         25, ge=1, description="Save a resumable checkpoint every N optimizer steps (PPO: iterations) under "
         "$ALIGNMENT_HOME/checkpoints/<stage>/<key>/; the same config run again resumes from the newest one that "

@@ -68,6 +68,9 @@ class DPOOptions(Strict):
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
     loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
+    precompute_ref_log_probs: bool = Field(
+        False, description="Compute the reference's log-probs once before training (TRL): no reference forward "
+        "in the loop, a longer start; worth it for long runs on GPUs.")
     launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
                                       "`launch`, else one process.")
 

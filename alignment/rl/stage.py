@@ -20,7 +20,7 @@ def validate_rl(config) -> RLInputs:
     from alignment.config import EngineKind
     from alignment.models import resolve_model_path
 
-    training.check_trackers(config.train.report_to)
+    training.check_train(config.train)
     if config.engine.kind is EngineKind.vllm and launch.plan(config.launch).multi_process and not _cuda():
         raise ValueError("engine.kind: 'vllm' with several processes is not supported on a CPU (each process "
                          "would start its own vLLM); use engine.kind: hf, or one process")

@@ -40,7 +40,7 @@ class DPOInputs:
 
 
 def validate(config: DPOStageConfig) -> DPOInputs:
-    training.check_trackers(config.train.report_to)
+    training.check_train(config.train)
     return DPOInputs(load_data(config.data, "preference"),
                      load_data(config.eval_data, "preference") if config.eval_data else None)
 
@@ -66,7 +66,8 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
         # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.
         n = len(held_out.rows)
         kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.train.batch_size + 1) if n % d == 0)
-    args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value])
+    args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value],
+                     precompute_ref_log_probs=config.precompute_ref_log_probs)
     trainer = training.resumable(DPOTrainer)(
         model=model, ref_model=ref, args=args, train_dataset=_pairs(data),
         eval_dataset=_pairs(held_out) if held_out else None, processing_class=tok, peft_config=peft,

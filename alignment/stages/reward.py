@@ -59,7 +59,7 @@ def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
 
 
 def validate(config: RewardStageConfig) -> RewardInputs:
-    training.check_trackers(config.train.report_to)
+    training.check_train(config.train)
     data = load_data(config.data, "preference")
     with_soft = sum("soft_label" in r for r in data.rows)
     if config.targets == "soft" and with_soft < len(data.rows):

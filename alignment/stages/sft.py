@@ -47,7 +47,7 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(config: SFTStageConfig) -> SFTInputs:
-    training.check_trackers(config.train.report_to)
+    training.check_train(config.train)
     return SFTInputs(load_data(config.data, "sft"), load_data(config.mix_data, "sft") if config.mix_data else None)
 
 
