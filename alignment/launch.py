@@ -34,6 +34,7 @@ INFRA = Path(__file__).resolve().parent.parent / "flows" / "infra"
 CHILD = "ALIGNMENT_LAUNCH_CHILD"  # set in every rank's environment: "this process is one of N"
 PARENT_PID = "ALIGNMENT_LAUNCH_PARENT"
 RUN_CONTEXT = "ALIGNMENT_RUN_CONTEXT"  # the parent's lineage ids (flow run, task run), JSON
+RESOLVED = "ALIGNMENT_RESOLVED"  # what the parent resolved `auto` to (the ranks get the resolved config), JSON
 PROGRESS = "ALIGNMENT_PROGRESS "  # prefix of rank 0's progress lines on stdout
 DISTRIBUTED_TYPES = {"NO", "MULTI_GPU", "MULTI_CPU", "DEEPSPEED", "FSDP", "MULTI_XPU", "MULTI_NPU"}
 TAIL = 60  # log lines kept for the error message of a failed launch
@@ -191,11 +192,11 @@ def command(launch: LaunchPlan, stage: str, config_file: Path) -> list[str]:
             "--config", str(config_file)]
 
 
-def run(launch: LaunchPlan, stage: str, config_file: Path, run_context: dict[str, Any],
+def run(launch: LaunchPlan, stage: str, config_file: Path, run_context: dict[str, Any], resolved: dict[str, str],
         log: Callable[[str], None], progress: Callable[[float, dict[str, Any]], None] | None) -> None:
     """Run the stage in `launch.num_processes` processes and wait; raise ``LaunchError`` on failure."""
     env = {**os.environ, CHILD: "1", PARENT_PID: str(os.getpid()), RUN_CONTEXT: json.dumps(run_context),
-           "PYTHONUNBUFFERED": "1"}
+           RESOLVED: json.dumps(resolved), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(command(launch, stage, config_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env, start_new_session=True)
     tail: deque[str] = deque(maxlen=TAIL)

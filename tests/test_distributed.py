@@ -76,3 +76,18 @@ def test_stage_trains_in_two_processes(stage, profile, store):
         before, after = load_file(Path(resolve_model_path(TINY)) / "model.safetensors"), load_file(model_dir / "model.safetensors")
         assert any(not torch.equal(before[k], after[k]) for k in before), "the policy's weights moved"
     assert not any(Path(result.path).rglob("checkpoint-*")), "no trainer scratch in the artifact"
+
+
+def test_full_dpo_keeps_a_reference_model_under_zero3(store):
+    """Full fine-tuning: DPO's frozen reference is a second model, which TRL prepares for ZeRO-3 itself."""
+    launch = LaunchSpec(accelerate_config=str(INFRA / "zero3.yaml"), num_processes=2)
+    cfg = config("dpo", launch).model_copy(update={"adapter": {"mode": "full"}})
+    cfg = type(cfg).model_validate(cfg.model_dump())
+    result = stages.runner("dpo")(cfg)
+    manifest = result.manifest()
+    assert manifest["launch"]["zero_stage"] == 3 and manifest["resolved"] == {"model.dtype": "float32"}
+    assert not (Path(result.path) / "adapter").exists(), "full fine-tune: no adapter"
+    before = load_file(Path(resolve_model_path(TINY)) / "model.safetensors")
+    after = load_file(Path(result.path) / "model" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert result.metrics["heldout_rewards_accuracies"] is not None

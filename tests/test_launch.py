@@ -82,6 +82,7 @@ def test_sft_trains_in_two_processes_and_rank_0_writes_the_artifact(home):
     manifest = result.manifest()
     assert manifest["launch"]["num_processes"] == 2 and manifest["launch"]["distributed_type"] in ("MULTI_CPU", "MULTI_GPU")
     assert result.metrics["loss_last"] < result.metrics["loss_first"] and not result.reused
+    assert manifest["resolved"] == {"adapter.mode": "lora", "model.dtype": "float32"}, "the parent's record kept"
     assert AutoModelForCausalLM.from_pretrained(Path(result.path) / "model").num_parameters() > 0
     assert any(isinstance(x, tuple) for x in logged), "rank 0's progress reached the parent"
     assert any("rank" in str(x).lower() or "loss" in str(x) for x in logged if isinstance(x, str)), "log lines streamed"

@@ -233,6 +233,8 @@ class StageSpec:
         if not isinstance(config, self.config):
             raise TypeError(f"stage {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         resolved, what = resolve_auto(config)
+        if launch.is_child():  # the parent resolved `auto` before freezing the config: keep its record
+            what = {**json.loads(os.environ.get(launch.RESOLVED, "{}")), **what}
         ident = self.identity(resolved)
         plan = launch.plan(resolved.launch) if "launch" in type(resolved).model_fields else launch.LaunchPlan()
         return Job(self, resolved, context or RunContext(), ident, stage_key(self.name, ident), what, plan)
@@ -288,7 +290,8 @@ class Job:
         frozen.parent.mkdir(parents=True, exist_ok=True)
         frozen.write_text(self.config.model_dump_json())
         try:
-            launch.run(self.launch, self.spec.name, frozen, self.context.run, self.context.log, self.context.progress)
+            launch.run(self.launch, self.spec.name, frozen, self.context.run, self.resolved, self.context.log,
+                       self.context.progress)
             deadline = time.time() + (600 if self.launch.machine_rank else 0)  # machine 0's rank 0 commits
             while not self.store.complete(self.spec.name, self.key) and time.time() < deadline:
                 time.sleep(2)
