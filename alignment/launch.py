@@ -179,8 +179,8 @@ def watch_parent() -> None:
         while True:
             try:
                 os.kill(parent, 0)
-            except ProcessLookupError:
-                os._exit(143)
+            except ProcessLookupError:  # the whole launch (its own process group) goes: launcher, ranks, workers
+                os.killpg(os.getpgrp(), signal.SIGKILL)
             time.sleep(1.0)
 
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()

@@ -207,3 +207,56 @@ def test_ppo_logs_to_tensorboard(home, tmp_path):
     cfg = cfg.model_copy(update={"iterations": 2, "train": cfg.train.model_copy(update={"report_to": ["tensorboard"]})})
     result = stages.runner("ppo")(cfg)
     assert list((home / "tensorboard" / f"ppo-{result.key}").rglob("events.out.tfevents.*"))
+
+
+def fake_launch(monkeypatch, script: str) -> launch.LaunchPlan:
+    """Make `launch.run` start `script` (python) instead of accelerate: the streaming, failure and process
+    group handling are what is tested, without training."""
+    monkeypatch.setattr(launch, "command", lambda plan, stage, config_file: [sys.executable, "-c", script])
+    return launch.LaunchPlan(num_processes=2, distributed_type="MULTI_CPU")
+
+
+def test_a_failed_launch_reports_its_last_log_lines_and_progress_flows_back(monkeypatch):
+    script = ("import json, sys\n"
+              "print('ALIGNMENT_PROGRESS ' + json.dumps({'fraction': 0.5, 'metrics': {'loss': 1.5}}), flush=True)\n"
+              "for i in range(100): print(f'line {i}', flush=True)\n"
+              "sys.exit(3)\n")
+    lines, progress = [], []
+    with pytest.raises(launch.LaunchError, match=r"exited with 3; last lines of its log:\n(.|\n)*line 99") as e:
+        launch.run(fake_launch(monkeypatch, script), "sft", Path("x.json"), {}, {}, lines.append,
+                   lambda f, m: progress.append((f, m)))
+    assert "line 39" not in str(e.value), "only the tail"
+    assert progress == [(0.5, {"loss": 1.5})] and len(lines) == 100 and lines[0] == "line 0"
+
+
+def test_killing_the_parent_leaves_no_rank_behind(tmp_path):
+    """A parent launches two 'ranks' (they start grandchildren and sleep); SIGKILL of the parent: each rank
+    notices its parent is gone and exits (`watch_parent`); SIGTERM: the parent kills the whole group."""
+    rank = tmp_path / "rank.py"
+    rank.write_text("import os, subprocess, sys, time\n"
+                    "from alignment import launch\n"
+                    "launch.watch_parent()\n"
+                    "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+                    f"open({str(tmp_path)!r} + f'/pid-{{os.getpid()}}-{{p.pid}}', 'w').write('')\n"
+                    "time.sleep(120)\n")
+    parent = tmp_path / "parent.py"
+    parent.write_text("import sys\nfrom pathlib import Path\nfrom alignment import launch\n"
+                      f"launch.command = lambda *a: [sys.executable, {str(rank)!r}]\n"
+                      "launch.run(launch.LaunchPlan(num_processes=2), 'sft', Path('x'), {}, {}, print, None)\n")
+    for sig in (signal.SIGKILL, signal.SIGTERM):
+        for f in tmp_path.glob("pid-*"):
+            f.unlink()
+        proc = subprocess.Popen([sys.executable, str(parent)], cwd=ROOT)
+        wait_for(lambda: len(list(tmp_path.glob("pid-*"))) == 1, 60, "the rank to start")
+        pids = [int(x) for x in next(tmp_path.glob("pid-*")).name.split("-")[1:]]  # the rank and its child
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+        wait_for(lambda: all(gone(p) for p in pids), 20, f"the rank and its child to exit after the parent's {sig.name}")
