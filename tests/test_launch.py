@@ -259,4 +259,4 @@ def test_killing_the_parent_leaves_no_rank_behind(tmp_path):
                 return True
             return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
-        wait_for(lambda: all(gone(p) for p in pids), 20, f"the rank and its child to exit after the parent's {sig.name}")
+        wait_for(lambda pids=pids: all(gone(p) for p in pids), 20, f"the rank and its child to exit after the parent's {sig.name}")

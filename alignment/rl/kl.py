@@ -14,7 +14,7 @@ def kl_on_samples(model, tok, chats: list[Chat], sampling: GenerationSpec, ref_m
     """Per-response KL(policy || reference) estimates (k1, k3 summed over tokens) on policy samples.
     `ref_model` None means a LoRA policy whose reference is the adapter disabled."""
     from alignment.generation.hf import HFEngine
-    from alignment.rl.ppo import build_batch, forward, reference_logp
+    from alignment.rl.ppo_model import build_batch, forward, reference_logp
 
     completions = HFEngine(model, tok, static_cache="off").generate(chats, sampling)
     device = next(model.parameters()).device
