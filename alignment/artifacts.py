@@ -58,17 +58,23 @@ def sha256_json(obj: Any) -> str:
                                      default=str).encode()).hexdigest()
 
 
+def source_hash(root: Path) -> str:
+    """A hash of every Python file under `root`, by relative path and content."""
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        if "__pycache__" in p.parts:
+            continue
+        h.update(p.relative_to(root).as_posix().encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
 @lru_cache(maxsize=1)
 def code_version() -> str:
     """Package version plus a hash of the library's Python sources: a code change invalidates caches."""
     from alignment import __version__
 
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for p in sorted(root.rglob("*.py")):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return f"{__version__}+{h.hexdigest()[:12]}"
+    return f"{__version__}+{source_hash(Path(__file__).parent)}"
 
 
 def library_versions() -> dict[str, str]:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -51,9 +52,18 @@ def test_writer_is_atomic(store):
     assert store.complete("sft", "k3") and store.load("sft", "k3").metrics == {"loss": 1.0}
 
 
-def test_stage_key_and_code_version_are_stable():
+def test_stage_key_is_order_free_and_the_code_version_follows_the_sources(tmp_path):
+    import shutil
+
+    from alignment.artifacts import source_hash
+
     assert stage_key("sft", {"a": 1, "b": 2}) == stage_key("sft", {"b": 2, "a": 1}) != stage_key("dpo", {"a": 1, "b": 2})
-    assert code_version() == code_version() and "+" in code_version()
+    lib = Path(__import__("alignment").__file__).parent
+    copy = tmp_path / "alignment"
+    shutil.copytree(lib, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_hash(copy) == source_hash(lib) == code_version().split("+")[1], "a copy hashes the same"
+    (copy / "stages" / "sft.py").write_text((copy / "stages" / "sft.py").read_text() + "\n# edited\n")
+    assert source_hash(copy) != source_hash(lib), "an edit anywhere in alignment/ changes the code version"
 
 
 def test_builtin_model_identity_needs_no_weights():

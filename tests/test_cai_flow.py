@@ -10,7 +10,6 @@ from prefect_api import artifacts, task_states
 
 from alignment.artifacts import ArtifactStore
 
-pytestmark = pytest.mark.filterwarnings("ignore")
 STEPS = ["respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback", "rl_cai",
          "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl"]
 HELD_OUT = ("respond_helpful", "respond_sl_cai", "respond_rl_cai", "evaluate_sl", "evaluate_rl")
@@ -69,7 +68,7 @@ def test_cai_flow_runs_caches_and_reruns_after_a_principle_edit(cai, tmp_path):
 def test_new_evaluation_prompts_rerun_only_answering_and_evaluation(cai, tmp_path):
     run(cai)  # everything computed or cached
     prompts = tmp_path / "eval.jsonl"
-    prompts.write_text(open("data/eval_prompts.jsonl").read() + '{"prompt": "How do I boil an egg?"}\n')
+    prompts.write_text(Path("data/eval_prompts.jsonl").read_text() + '{"prompt": "How do I boil an egg?"}\n')
     _, fr = run(cai, overrides={"eval_prompts.path": str(prompts)})
     assert task_states(fr) == {s: "Completed" if s in HELD_OUT else "Cached" for s in STEPS}
 

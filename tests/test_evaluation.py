@@ -86,7 +86,7 @@ def test_forcing_the_judge_computes_judged_numbers(built):
     m = r.metrics
     assert m["judged"] is True and m["n"] == 4 and 0 <= m["win_rate_ci_low"] <= m["win_rate"] <= m["win_rate_ci_high"] <= 1
     assert m["policy_over_refusal_judged_rate"] is not None
-    rows = [json.loads(x) for x in open(evaluate.SPEC.output(r, "comparison"))]
+    rows = [json.loads(x) for x in Path(evaluate.SPEC.output(r, "comparison")).read_text().splitlines()]
     assert [x["set"] for x in rows].count("heldout") == 4 and len(rows) == 10
     assert "p_policy_better" in rows[0] and set(rows[-1]["policy_refused"]) == {"keyword", "judged"}
     assert "**are not meaningful**" in evaluate.SPEC.output(r, "report").read_text()

@@ -80,7 +80,7 @@ def test_feedback_stage_labels_pairs(samples, store, monkeypatch):
                               principles_per_pair=3)
     r = feedback.run(cfg)
     assert r.metrics["pairs"] == 3 and r.metrics["pairs_identical"] == 1 and r.metrics["pairs_kept"] == 2
-    prefs = [json.loads(x) for x in open(Path(r.path) / "preferences.jsonl")]
+    prefs = [json.loads(x) for x in Path(Path(r.path) / "preferences.jsonl").read_text().splitlines()]
     # with 'safe' first: P(A)=0.85; with it second: P(A)=0.35 → P(safe ≻ other) = (0.85 + 0.65) / 2 = 0.75
     assert all(p["soft_label"] == pytest.approx(0.75) for p in prefs)
     assert all("safe" in p["chosen"][0]["content"] for p in prefs)
@@ -133,7 +133,7 @@ def test_chain_of_thought_labels_are_clamped(samples, store, monkeypatch):
 
     monkeypatch.setattr(feedback, "load_engine", lambda *a, **k: Thinking())
     cfg = FeedbackStageConfig(samples=samples, chain_of_thought=True, principles_per_pair=2)
-    prefs = [json.loads(x) for x in open(Path(feedback.run(cfg).path) / "preferences.jsonl")]
+    prefs = [json.loads(x) for x in Path(Path(feedback.run(cfg).path) / "preferences.jsonl").read_text().splitlines()]
     assert all(p["soft_label"] == pytest.approx(0.6) for p in prefs), "0.99 clamps to 0.6"
 
 
@@ -145,7 +145,7 @@ def test_generate_several_samples_and_feedback_on_tiny_model(store):
         model=ModelSpec(name="tiny-random"), engine=hf, num_samples=2,
         prompts=DataSpec(path="data/redteam_prompts.jsonl", max_rows=3),
         generation=GenerationSpec(max_new_tokens=6, temperature=1.0)))
-    assert g.metrics["samples_per_prompt"] == 2 and len(open(Path(g.path) / "completions.jsonl").readlines()) == 6
+    assert g.metrics["samples_per_prompt"] == 2 and len((Path(g.path) / "completions.jsonl").read_text().splitlines()) == 6
     r = feedback.run(FeedbackStageConfig(samples=DataSpec(path=str(Path(g.path) / "completions.jsonl")),
                                          judge=JudgeSpec(model=ModelSpec(name="tiny-random"), engine=hf),
                                          principles_per_pair=2))

@@ -11,7 +11,6 @@ from prefect_api import artifacts, task_states
 
 from alignment.artifacts import ArtifactStore
 
-pytestmark = pytest.mark.filterwarnings("ignore")
 STEPS = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate"]
 
 
@@ -88,7 +87,7 @@ def test_changing_a_dpo_setting_reruns_only_dpo(harness, runs, tiny_recipe):
 def test_new_evaluation_prompts_rerun_only_answering_and_evaluation(harness, runs, tiny_recipe, tmp_path):
     """The promise: a new held-out prompt never retrains. Only the respond steps and evaluate run."""
     prompts = tmp_path / "eval.jsonl"
-    prompts.write_text(open("data/eval_prompts.jsonl").read() + '{"prompt": "Name a prime number above 100."}\n')
+    prompts.write_text(Path("data/eval_prompts.jsonl").read_text() + '{"prompt": "Name a prime number above 100."}\n')
     state, fr = run(tiny_recipe, overrides={"eval_prompts.path": str(prompts)})
     assert task_states(fr) == states(respond_base="Completed", respond_sft="Completed", respond_dpo="Completed",
                                      evaluate="Completed")

@@ -2,6 +2,7 @@
 plumbing (both orders, position bias, ties, soft labels, calibration, refusal flags) is checked exactly."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -40,9 +41,15 @@ def test_pairwise_asks_both_orders_and_cancels_position_bias():
     v = fair.compare(qs, a, b)
     assert [x.winner for x in v] == ["a", "b"] and v[0].p_a == pytest.approx(1 / (1 + math.exp(-2)))
     assert win_rate(v, 200)["position_bias"] == pytest.approx(0.0, abs=1e-9)
-    biased = PairwiseJudge(ScriptedEngine(first_bonus=1.0), "helpful").compare(qs, a, b)
-    assert win_rate(biased, 200)["position_bias"] > 0.05, "a first-position bonus shows as bias"
+    # a first-position bonus larger than the preference gap (3 > 2): asked in one order only, this judge
+    # would pick whichever answer is shown first; asked in both, the right answer still wins
+    biased = PairwiseJudge(ScriptedEngine(first_bonus=3.0), "helpful").compare(qs, a, b)
+    assert win_rate(biased, 200)["position_bias"] > 0.3, "a first-position bonus shows as bias"
     assert [x.winner for x in biased] == ["a", "b"], "asking both orders keeps the right winner"
+    one_order = ScriptedEngine(first_bonus=3.0).score(
+        [[{"role": "user", "content": f"Response A: {x} Response B: {y}"}] for x, y in zip(a, b, strict=True)],
+        [["A", "B"]] * 2)
+    assert [s[0] > s[1] for s in one_order] == [True, True], "one order alone picks the first shown both times"
 
 
 def test_ties_count_half_and_interval_contains_mean():
@@ -127,5 +134,5 @@ def test_calibrate_stage_measures_the_judge_and_flags_chance(store, monkeypatch,
                                                data=DataSpec(path=str(pairs)), bootstrap=500))
     assert blind.metrics["accuracy"] == 0.5 and blind.metrics["meaningful"] is False
     assert blind.key != good.key, "the tie margin is part of the judge, so of the key"
-    rows = [json.loads(x) for x in open(calibrate.SPEC.output(blind, "verdicts"))]
+    rows = [json.loads(x) for x in Path(calibrate.SPEC.output(blind, "verdicts")).read_text().splitlines()]
     assert len(rows) == 20 and {r["verdict"] for r in rows} == {"tie"}

@@ -257,6 +257,6 @@ def test_killing_the_parent_leaves_no_rank_behind(tmp_path):
                 os.kill(pid, 0)
             except ProcessLookupError:
                 return True
-            return open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
         wait_for(lambda pids=pids: all(gone(p) for p in pids), 20, f"the rank and its child to exit after the parent's {sig.name}")

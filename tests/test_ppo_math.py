@@ -129,7 +129,7 @@ def test_entropy_logprobs_explained_variance():
 
 def test_kl_controller():
     fixed = KLController(0.1)
-    assert fixed.update(100.0, 256) == 0.1
+    assert [fixed.update(kl, 256) for kl in (100.0, 0.0, 6.0)] == [0.1, 0.1, 0.1], "no target: the coefficient stays"
     # KL twice the target: error clipped to .2 -> coef * (1 + .2 * 256 / 10000)
     adaptive = KLController(0.1, target=6.0, horizon=10_000)
     assert adaptive.update(12.0, 256) == pytest.approx(0.1 * 1.00512)

@@ -3,10 +3,11 @@ the UI artifacts exist, a rerun is all cached, `rerun reward` reruns reward and 
 the algorithm reuses SFT and the reward model, and new evaluation prompts rerun only answering and
 evaluation (never PPO)."""
 
+from pathlib import Path
+
 import pytest
 from prefect_api import artifacts, task_states
 
-pytestmark = pytest.mark.filterwarnings("ignore")
 STEPS = ["respond_base", "sft", "respond_sft", "reward", "ppo", "respond_ppo", "calibrate", "evaluate"]
 
 
@@ -69,7 +70,7 @@ def test_rlhf_flow_runs_caches_and_reruns(recipe):
 def test_new_evaluation_prompts_rerun_only_answering_and_evaluation(recipe, tmp_path):
     run(recipe)
     prompts = tmp_path / "eval.jsonl"
-    prompts.write_text(open("data/eval_prompts.jsonl").read() + '{"prompt": "What is 12 times 12?"}\n')
+    prompts.write_text(Path("data/eval_prompts.jsonl").read_text() + '{"prompt": "What is 12 times 12?"}\n')
     _, fr = run(recipe, overrides={"eval_prompts.path": str(prompts)})
     assert task_states(fr) == states(respond_base="Completed", respond_sft="Completed", respond_ppo="Completed",
                                      evaluate="Completed")

@@ -58,7 +58,7 @@ def test_dpo_moves_the_policy_and_reports_heldout_accuracy(trained):
     m = d.metrics
     assert m["train_pairs"] == 16 and m["heldout_pairs"] == 8
     assert m["heldout_rewards_accuracies"] in {i / 8 for i in range(9)}, "a share of the 8 held-out pairs"
-    curves = [json.loads(x) for x in open(Path(d.path) / "curves.jsonl")]
+    curves = [json.loads(x) for x in Path(Path(d.path) / "curves.jsonl").read_text().splitlines()]
     assert [c["step"] for c in curves if "loss" in c] == [1, 2, 3, 4]
     assert all("rewards/margins" in c for c in curves if "loss" in c)
     assert d.manifest()["inputs"]["model"]["artifact"] == f"sft/{s.key}", "lineage names the SFT artifact"

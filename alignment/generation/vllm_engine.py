@@ -93,10 +93,28 @@ class VLLMEngine:
         load_weights_into(self.llm, named_tensors)
 
     def close(self) -> None:
+        """Free the engine and vLLM's process-group state, so that another in-process vLLM (a later stage,
+        TRL's colocated generation) can initialise its own in this process."""
         self.llm = None
         import gc
 
         gc.collect()
+        release_distributed()
+
+
+def release_distributed() -> None:
+    """Tear down what an in-process vLLM leaves in torch.distributed (its world group of one)."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    with contextlib.suppress(Exception):  # vLLM's internals move between versions: best effort
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+        destroy_model_parallel()
+        destroy_distributed_environment()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def load_weights_into(llm, named_tensors) -> None:

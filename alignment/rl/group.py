@@ -57,8 +57,11 @@ def _train(Trainer, policy, reward_fn, args, prompts, tok, lora, progress, use_v
     if use_vllm:  # free vLLM's KV cache now (on CPU it is system memory), not whenever gc gets to it
         import gc
 
+        from alignment.generation.vllm_engine import release_distributed
+
         trainer.vllm_generation.llm = None
         gc.collect()
+        release_distributed()  # or the next in-process vLLM cannot build its own process group
     return trainer, result, resumed, history
 
 
