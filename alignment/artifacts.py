@@ -134,19 +134,52 @@ class StageResult:
 
 
 class ArtifactStore:
+    """Artifacts by stage and key. "Complete" means the manifest parses and every file it lists is there
+    with its recorded size (a quick check on every reuse; ``verify`` also compares sha256). A damaged
+    artifact is moved aside to ``.damaged/`` (with the reason beside it) so the stage rebuilds it."""
+
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else store_root()
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
+    def problem(self, stage: str, key: str, full: bool = False) -> str | None:
+        """What is wrong with the artifact (None: it is whole). Sizes always; `full`: sha256 too."""
+        p = self.path(stage, key)
+        if not (p / MANIFEST).is_file():
+            return "missing"
+        try:
+            files = json.loads((p / MANIFEST).read_text())["files"]
+            records = [(rel, int(rec["size"]), rec["sha256"]) for rel, rec in files.items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            return f"{MANIFEST} is unreadable or has no file records ({type(e).__name__}: {e})"
+        for rel, size, digest in records:
+            f = p / rel
+            if not f.is_file():
+                return f"{rel} is missing"
+            if f.stat().st_size != size:
+                return f"{rel} has {f.stat().st_size} bytes; the manifest says {size} (truncated or replaced)"
+            if full and sha256_file(f) != digest:
+                return f"{rel}: its sha256 differs from the manifest's (changed after it was written)"
+        return None
+
     def complete(self, stage: str, key: str) -> bool:
-        return (self.path(stage, key) / MANIFEST).is_file()
+        return self.problem(stage, key) is None
 
     def load(self, stage: str, key: str) -> StageResult:
         p = self.path(stage, key)
         m = json.loads((p / MANIFEST).read_text())
         return StageResult(stage=stage, key=key, path=str(p), metrics=m.get("metrics", {}), reused=True)
+
+    def set_aside(self, stage: str, key: str, reason: str) -> Path:
+        """Move a damaged artifact to ``.damaged/<stage>-<key>-<time>`` (reason in a ``.reason`` file beside it)."""
+        dest = self.root / ".damaged" / f"{stage}-{key}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path(stage, key), 0o755)  # moving a directory updates its `..` entry: it must be writable
+        os.rename(self.path(stage, key), dest)
+        dest.with_name(dest.name + ".reason").write_text(reason + "\n")
+        return dest
 
     def lock(self, stage: str, key: str):
         """Take the key's lock (an exclusive ``flock``; waits while another process holds it) and return the
@@ -160,10 +193,26 @@ class ArtifactStore:
         fcntl.flock(handle, fcntl.LOCK_EX)
         return handle
 
+    def clean_tmp(self) -> list[Path]:
+        """Remove temp dirs of writers that are gone (a killed run's half artifact); returns what went."""
+        gone = []
+        for tmp in (self.root / ".tmp").glob("*"):
+            try:
+                pid = int(tmp.name.rsplit("-", 2)[1])
+            except (IndexError, ValueError):
+                pid = 0
+            if not _alive(pid):
+                shutil.rmtree(tmp, ignore_errors=True)
+                gone.append(tmp)
+        return gone
+
     @contextlib.contextmanager
     def writer(self, stage: str, key: str) -> Iterator[Path]:
-        """Yield a private temp dir; on success it is renamed to the artifact path, on error removed."""
-        tmp = self.root / ".tmp" / f"{stage}-{key}-{uuid.uuid4().hex[:8]}"
+        """Yield a private temp dir; on success it is fsynced, renamed to the artifact path and made
+        read-only; on error removed."""
+        private_home()
+        self.clean_tmp()
+        tmp = self.root / ".tmp" / f"{stage}-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
         try:
             yield tmp
@@ -171,13 +220,64 @@ class ArtifactStore:
                 raise RuntimeError(f"stage {stage} finished without writing {MANIFEST}")
             final = self.path(stage, key)
             final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_tree(tmp)
             try:
                 os.rename(tmp, final)  # atomic on one file system
             except OSError:
                 if not self.complete(stage, key):  # another run finished the same key first: keep theirs
                     raise
+            else:
+                _fsync_dir(final.parent)
+                _read_only(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def private_home() -> Path:
+    """``$ALIGNMENT_HOME`` (store, checkpoints, Prefect's result files) readable by its owner only."""
+    home = alignment_home()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if home.stat().st_uid == os.getuid() and home.stat().st_mode & 0o077:
+        os.chmod(home, 0o700)
+    return home
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Every file and directory under `root` on disk before the rename that makes the artifact visible."""
+    for p in sorted(root.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
+    _fsync_dir(root)
+
+
+def _read_only(root: Path) -> None:
+    """A committed artifact is not edited in place: files 0444, directories 0555."""
+    for p in root.rglob("*"):
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    os.chmod(root, 0o555)
 
 
 def write_manifest(
@@ -193,7 +293,8 @@ def write_manifest(
     resolved: dict[str, str] | None = None,
     launch: dict[str, Any] | None = None,
 ) -> None:
-    files = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file())
+    files = {p.relative_to(out_dir).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+             for p in sorted(out_dir.rglob("*")) if p.is_file() and p.name != MANIFEST}
     manifest = {
         "artifact_id": f"{stage}/{key}",
         "stage": stage,
@@ -209,6 +310,6 @@ def write_manifest(
         "libraries": library_versions(),
         "metrics": metrics,
         "run": run_context or {},
-        "files": files,
+        "files": files,  # per file: size (checked on every reuse) and sha256 (`alignment verify`)
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))

@@ -8,6 +8,7 @@
     alignment wait [FLOW_RUN_ID]              follow a run until it ends (default: the latest)
     alignment summary [FLOW_RUN_ID]           UI address and results of a run (default: the latest)
     alignment validate [RECIPE ...]           check recipes and every data file they name
+    alignment verify [STAGE/KEY ...] [--fix]  check stored artifacts against their manifests (sha256)
     alignment model fetch [NAME]              fetch and convert a built-in model into the cache
     alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
     alignment stop                            stop the serve process and the server
@@ -178,6 +179,29 @@ def cmd_validate(a) -> None:
         print(f"ok  {recipe_path(name)}  ({flow})")
 
 
+def cmd_verify(a) -> None:
+    """Every file of every artifact (or the ones named) against its manifest's size and sha256."""
+    from alignment.artifacts import ArtifactStore
+
+    store = ArtifactStore()
+    ids = a.artifacts or [f"{s.name}/{k.name}" for s in sorted(store.root.glob("[!.]*")) if s.is_dir()
+                          for k in sorted(s.iterdir()) if k.is_dir()]
+    damaged = 0
+    for artifact_id in ids:
+        stage, _, key = artifact_id.partition("/")
+        problem = store.problem(stage, key, full=True)
+        if problem is None:
+            print(f"ok       {artifact_id}")
+            continue
+        damaged += 1
+        moved = f"; moved to {store.set_aside(stage, key, problem)}" if a.fix and problem != "missing" else ""
+        print(f"DAMAGED  {artifact_id}: {problem}{moved}")
+    print(f"{len(ids) - damaged} of {len(ids)} artifacts whole" + ("" if not damaged or a.fix else
+          "; `alignment verify --fix` moves the damaged ones aside (the next run rebuilds them)"))
+    if damaged and not a.fix:
+        sys.exit(1)
+
+
 def cmd_model(a) -> None:
     from alignment.config import ModelSpec
     from alignment.models import resolve_model_path
@@ -265,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("validate", help="validate recipes and their data")
     s.add_argument("recipes", nargs="*")
     s.set_defaults(fn=cmd_validate)
+    s = sub.add_parser("verify", help="check stored artifacts against their manifests (sizes and sha256)")
+    s.add_argument("artifacts", nargs="*", help="STAGE/KEY (default: every artifact in the store)")
+    s.add_argument("--fix", action="store_true", help="move damaged artifacts aside so the next run rebuilds them")
+    s.set_defaults(fn=cmd_verify)
     s = sub.add_parser("model", help="model cache")
     s.add_argument("action", choices=["fetch"])
     s.add_argument("name", nargs="?", default="smollm2-135m-instruct")

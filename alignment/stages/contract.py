@@ -275,9 +275,13 @@ class Job:
         # machines other than the first of a multi-machine launch join it: they take no lock
         if self._lock is None and not launch.is_child() and self.launch.machine_rank == 0:
             self._lock = self.store.lock(self.spec.name, self.key)
-        if self.store.complete(self.spec.name, self.key):
+        problem = self.store.problem(self.spec.name, self.key)
+        if problem is None:
             self._release()
             return self.store.load(self.spec.name, self.key)
+        if problem != "missing" and not launch.is_child():
+            where = self.store.set_aside(self.spec.name, self.key, problem)
+            self.context.log(f"{self.spec.name}/{self.key}: damaged artifact ({problem}); moved to {where}; rebuilding")
         return None
 
     def launched(self) -> bool:
