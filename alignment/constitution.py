@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import meta
+from jinja2 import TemplateSyntaxError, nodes
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alignment.config.loader import _line_of, describe
+from alignment.config.loader import _line_of, describe, read_yaml
 from alignment.prompts import environment
 
 TEMPLATE_VARS = {"prompt", "response"}
@@ -54,6 +54,28 @@ class FeedbackExample(_Strict):
     worse: str = Field(..., min_length=1)
 
 
+def plain_substitutions(text: str) -> None:
+    """Principle texts are data, not programs: only plain ``{{ prompt }}`` / ``{{ response }}`` substitutions.
+    Attribute access, filters, tests, loops, calls, blocks and other variables are refused here, at load,
+    with the principle id, instead of failing or hanging mid-run once the models are loaded."""
+    try:
+        tree = environment().parse(text)
+    except TemplateSyntaxError as e:
+        raise ValueError(f"not a valid template ({e.message}); write {{{{ prompt }}}} or {{{{ response }}}}") from None
+    stack = list(tree.iter_child_nodes())
+    while stack:
+        node = stack.pop()
+        if isinstance(node, nodes.Name):
+            if node.name not in TEMPLATE_VARS:
+                raise ValueError(f"unknown template variable {node.name!r}; allowed: {sorted(TEMPLATE_VARS)}")
+        elif isinstance(node, nodes.Output | nodes.TemplateData):
+            stack.extend(node.iter_child_nodes())
+        else:
+            kind = type(node).__name__.lower()
+            raise ValueError(f"only plain substitutions {{{{ prompt }}}} and {{{{ response }}}} are allowed in "
+                             f"principle texts; found a {kind} (no attribute access, filters, loops, calls or blocks)")
+
+
 class Principle(_Strict):
     id: str = Field(..., description="Stable id (lowercase letters, digits, '-', '_'): recorded in every row.")
     critique: str | None = Field(None, description="Critique request for SL-CAI.")
@@ -74,9 +96,7 @@ class Principle(_Strict):
         if v is not None:
             if not v.strip():
                 raise ValueError("text is empty; write the request or remove the key")
-            unknown = meta.find_undeclared_variables(environment().parse(v)) - TEMPLATE_VARS
-            if unknown:
-                raise ValueError(f"unknown template variable(s) {sorted(unknown)}; allowed: {sorted(TEMPLATE_VARS)}")
+            plain_substitutions(v)
         return v
 
     @model_validator(mode="after")
@@ -134,13 +154,7 @@ def _with_ids(message: str, data: dict[str, Any]) -> str:
 
 def load_constitution(path: str | Path) -> Constitution:
     path = Path(path)
-    if not path.is_file():
-        raise ConstitutionError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        root, data = yaml.compose(text), yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConstitutionError(f"{path}: not valid YAML: {e}") from None
+    data, root = read_yaml(path, ConstitutionError)
     if not isinstance(data, dict):
         raise ConstitutionError(f"{path}: expected a mapping with name, version and principles")
     _check_unique_ids(path, root, data)

@@ -44,6 +44,7 @@ class LoadedData:
     format: DataFormat
     source: str
     identity: dict[str, Any]  # what the artifact key hashes: content hash for files, id/split for hub sets
+    dropped_identical: int = 0  # preference pairs whose two answers were the same (dropped)
 
     def to_dataset(self):
         from datasets import Dataset
@@ -66,28 +67,52 @@ def data_identity(spec: DataSpec) -> dict[str, Any]:
     return {**base, "hub": spec.path, "split": spec.split, "subset": spec.subset}
 
 
-def _read_local(path: Path) -> list[tuple[str, dict]]:
-    """(location, row) pairs; locations are `line N` for JSONL and `row N` (1-based) otherwise."""
+MAX_BYTES = 2 << 30  # a local data file larger than 2 GiB is refused (use a hub data set or split it)
+CHARS_PER_TOKEN = 4  # estimate of row length in tokens, before any tokenizer is loaded
+REFUSE_SHARE = 0.5  # more than half the rows unusable (identical pairs, over max_length): refused
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    """UTF-8, with or without a byte-order mark (what many Windows editors write); else a located error."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        "save the file as UTF-8") from None
+
+
+def _json(text: str, where: str, expected: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not valid JSON ({e.msg}, column {e.colno}); expected {expected}") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a data row; expected {expected}") from None
+
+
+def _read_local(path: Path) -> list[tuple[str, Any]]:
+    """(location, row) pairs; locations are `line N` for JSONL and CSV and `row N` (1-based) otherwise.
+    Damaged files (not UTF-8, not gzip, not Parquet, not CSV) are located errors, never tracebacks."""
     name = path.name
+    if path.stat().st_size > MAX_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes is more than a local data file may have "
+                        f"({MAX_BYTES}); split it or use a hub data set")
     if name.endswith((".jsonl", ".jsonl.gz")):
-        opener = gzip.open if name.endswith(".gz") else open
+        raw = path.read_bytes()
+        if name.endswith(".gz"):
+            try:
+                raw = gzip.decompress(raw)
+            except (OSError, EOFError) as e:
+                raise DataError(f"{path}: not a readable gzip file ({e}); gzip it again, or name it .jsonl if it "
+                                "is plain text") from None
         out = []
-        with opener(path, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path} line {n}: not valid JSON ({e.msg.removesuffix(' at')}, column {e.colno}); "
-                                    "expected one JSON object per line") from None
-                out.append((f"line {n}", row))
+        for n, line in enumerate(_decode(raw, path).splitlines(), 1):
+            if line.strip():
+                out.append((f"line {n}", _json(line, f"{path} line {n}", "one JSON object per line")))
         return out
     if name.endswith(".json"):
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {e.lineno}: not valid JSON ({e.msg})") from None
+        data = _json(_decode(path.read_bytes(), path), str(path), "a JSON list of rows")
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
@@ -95,7 +120,15 @@ def _read_local(path: Path) -> list[tuple[str, dict]]:
         return [(f"row {i}", r) for i, r in enumerate(data, 1)]
     import pandas as pd
 
-    df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path)
+    try:
+        df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path, encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        _decode(path.read_bytes(), path)  # raises with the line
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow and pandas raise many types for a damaged file
+        kind = "Parquet" if name.endswith(".parquet") else "CSV"
+        raise DataError(f"{path}: not a readable {kind} file ({type(e).__name__}: {str(e)[:200]}); "
+                        f"write it again as {kind}") from None
     first = 2 if name.endswith(".csv") else 1  # CSV: line 1 is the header
     return [(f"{'line' if first == 2 else 'row'} {i + first}", r) for i, r in enumerate(df.to_dict("records"))]
 
@@ -263,6 +296,10 @@ def load_data(spec: DataSpec, kind: Kind) -> LoadedData:
     raw = _read_local(Path(spec.path)) if local else _read_hub(spec)
     if not raw:
         raise DataError(f"{source}: no rows; expected {EXPECTED[kind]}")
+    bad = next(((loc, r) for loc, r in raw if not isinstance(r, dict)), None)
+    if bad is not None:
+        raise DataError(f"{source} {bad[0]}: expected a JSON object (a row with named fields), got "
+                        f"{type(bad[1]).__name__} {json.dumps(bad[1], default=str)[:60]}; expected {EXPECTED[kind]}")
     fmt = spec.format if spec.format is not DataFormat.auto else detect_format(raw[0][1])
     if kind == "preference" and fmt not in FORMATS_FOR[kind] and isinstance(raw[0][1], dict):
         fmt = DataFormat.preference  # names the missing 'chosen'/'rejected' field in the error below
@@ -274,7 +311,35 @@ def load_data(spec: DataSpec, kind: Kind) -> LoadedData:
     rows = [_normalise(r, fmt, kind, f"{source} {loc}") for loc, r in raw]
     if spec.max_rows:
         rows = rows[: spec.max_rows]
-    return LoadedData(rows=rows, format=fmt, source=source, identity=identity)
+    identical = 0
+    if kind == "preference":  # a pair whose answers are the same teaches nothing: dropped, counted
+        kept = [r for r in rows if _text_of(r["chosen"]).strip() != _text_of(r["rejected"]).strip()]
+        identical = len(rows) - len(kept)
+        if identical > REFUSE_SHARE * len(rows):
+            raise DataError(f"{source}: {identical} of {len(rows)} pairs have identical 'chosen' and 'rejected' "
+                            "answers; a preference needs two different answers. Fix the file")
+        rows = kept
+    return LoadedData(rows=rows, format=fmt, source=source, identity=identity, dropped_identical=identical)
+
+
+def _text_of(value: Any) -> str:
+    return value if isinstance(value, str) else "\n".join(m["content"] for m in value)
+
+
+def estimated_tokens(row: dict[str, Any]) -> int:
+    """A row's length in tokens, estimated from characters (no tokenizer is loaded to validate)."""
+    parts = [row.get(k) for k in ("messages", "prompt", "completion", "chosen")]
+    return sum(len(_text_of(p)) for p in parts if p) // CHARS_PER_TOKEN
+
+
+def check_lengths(data: "LoadedData", max_length: int, where: str) -> int:
+    """How many rows exceed `max_length` tokens (estimated); refused when that is more than half of them."""
+    over = sum(estimated_tokens(r) > max_length for r in data.rows)
+    if over > REFUSE_SHARE * len(data.rows):
+        raise DataError(f"{data.source}: {over} of {len(data.rows)} rows are longer than {where} = {max_length} "
+                        f"tokens (estimated at {CHARS_PER_TOKEN} characters a token) and would be truncated or "
+                        f"dropped; raise {where} or shorten the rows")
+    return over
 
 
 def prompt_texts(rows: list[dict[str, Any]]) -> list[str]:

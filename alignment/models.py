@@ -87,6 +87,19 @@ def resolve_model_path(spec: ModelSpec) -> str:
     return spec.name
 
 
+def check_model(spec: ModelSpec, where: str = "model") -> None:
+    """Cheap, before anything loads: a local model path must exist and be a model or an artifact
+    (built-ins are built on first use; hub ids cannot be checked offline)."""
+    if spec.name in BUILTINS:
+        return
+    path = Path(spec.name)
+    if path.exists() or spec.name.startswith((".", "/")) or spec.name.count("/") > 1:
+        try:
+            resolve_model_path(spec)
+        except ModelError as e:
+            raise ModelError(f"{where}.name: {str(e).removeprefix('model.name: ')}") from None
+
+
 def _find_smollm2_gguf(tmp: Path) -> Path:
     try:  # the wheel may already be installed in this environment
         import importlib.resources

@@ -27,10 +27,22 @@ class PromptError(ValueError):
     pass
 
 
+MAX_RANGE = 1000  # `range()` in a template: enough for option letters, not for a render that never ends
+
+
+def _range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise OverflowError(f"range of {len(r)} items in a template; at most {MAX_RANGE}")
+    return r
+
+
 @lru_cache(maxsize=1)
 def environment() -> SandboxedEnvironment:
-    return SandboxedEnvironment(loader=FileSystemLoader(str(PROMPTS_DIR)), undefined=StrictUndefined,
-                                autoescape=False, keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
+    env = SandboxedEnvironment(loader=FileSystemLoader(str(PROMPTS_DIR)), undefined=StrictUndefined,
+                               autoescape=False, keep_trailing_newline=False, trim_blocks=True, lstrip_blocks=True)
+    env.globals["range"] = _range
+    return env
 
 
 def header(name: str) -> dict[str, str]:
@@ -38,7 +50,10 @@ def header(name: str) -> dict[str, str]:
     if not path.is_file():
         known = ", ".join(sorted(p.name for p in PROMPTS_DIR.glob("*.jinja")))
         raise PromptError(f"prompt template {name!r} not found in {PROMPTS_DIR}; known: {known}")
-    found = dict(_HEADER.findall(path.read_text(encoding="utf-8")))
+    try:
+        found = dict(_HEADER.findall(path.read_text(encoding="utf-8-sig")))
+    except UnicodeDecodeError:
+        raise PromptError(f"{path}: not UTF-8; save the template as UTF-8") from None
     for key in ("version", "vars"):
         if key not in found:
             raise PromptError(f"{path}: missing the '{{# {key}: ... #}}' header line")
@@ -58,9 +73,10 @@ def render(name: str, **variables: object) -> str:
                           f"unexpected {sorted(extra)}")
     try:
         return environment().get_template(name).render(**variables).strip()
-    except TemplateError as e:
+    except (TemplateError, OverflowError, RecursionError, TypeError, ValueError) as e:
         line = getattr(e, "lineno", None)
-        raise PromptError(f"{PROMPTS_DIR / name}{f' line {line}' if line else ''}: {e}") from None
+        raise PromptError(f"{PROMPTS_DIR / name}{f' line {line}' if line else ''}: {type(e).__name__}: {e}; "
+                          "fix the template (prompts/README.md)") from None
 
 
 def validate_all() -> list[str]:

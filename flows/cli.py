@@ -23,8 +23,6 @@ from typing import Any
 from alignment import stages
 from alignment.config.loader import RecipeError, load_yaml_model, recipe_path
 from alignment.constitution import ConstitutionError
-from alignment.data import DataError
-from alignment.models import ModelError
 from flows import server
 from flows.registry import FLOWS
 
@@ -318,9 +316,12 @@ def main(argv: list[str] | None = None) -> None:
     server.apply_defaults()
     try:
         args.fn(args)
-    except (RecipeError, DataError, ModelError, ConstitutionError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # every input error is a ValueError (data, recipe, model, constitution,
+        print(f"error: {e}", file=sys.stderr)  # prompt, artifact, pydantic); a file: OSError. Nothing was written.
         sys.exit(2)
+    except RuntimeError as e:  # a stage failed (a launch's last log lines, a server that did not start)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,25 @@ def flow_function(flow: str):
 
 
 def preflight(flow: str, recipe: BaseModel) -> None:
+    """The flow's own checks (every data file, constitution, calibration set), then every model path and
+    launch config the recipe names: all before any model loads."""
     flow_module(flow).preflight(recipe)
+    check_paths(recipe)
+
+
+def check_paths(value: Any, where: str = "") -> None:
+    """Local model directories exist and are models; accelerate configs exist and make sense."""
+    from alignment import launch
+    from alignment.config import LaunchSpec, ModelSpec
+    from alignment.models import check_model
+
+    if isinstance(value, ModelSpec):
+        check_model(value, where.rstrip(".") or "model")
+    elif isinstance(value, LaunchSpec):
+        launch.plan(value, where.rstrip("."))
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            check_paths(getattr(value, name), f"{where}{name}.")
 
 
 def steps(flow: str, recipe: BaseModel) -> tuple[str, ...]:

@@ -46,7 +46,7 @@ def test_empty_text_and_unknown_variable(tmp_path):
         load_constitution(p)
     p, line = _edited(tmp_path, "comparison: Which response is more honest and accurate?",
                       "comparison: Which answer to {{ promt }} is more honest?")
-    with pytest.raises(ConstitutionError, match=r"id 'honesty'.*unknown template variable\(s\) \['promt'\]"):
+    with pytest.raises(ConstitutionError, match=r"id 'honesty'.*unknown template variable 'promt'; allowed: \['prompt', 'response'\]"):
         load_constitution(p)
 
 

@@ -89,17 +89,41 @@ def _field_help_parent(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str
     return sorted(getattr(cls, "model_fields", {}))
 
 
-def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
-    """Parse `path` and validate it as `model`; dotted `overrides` ("dpo.beta": 0.2) apply on top."""
+MAX_YAML_BYTES = 1 << 20  # a recipe, stage config or constitution is text a person edits: 1 MiB at most
+
+
+def read_yaml(path: Path, error: type[ValueError] = None) -> tuple[Any, yaml.Node | None]:
+    """A YAML file a person edits, parsed safely: (data, node tree for line numbers). UTF-8 with or without
+    a byte-order mark, any line endings; refused with a located message: not UTF-8, too large, anchors
+    and aliases (a few lines of them can expand to gigabytes), invalid YAML."""
+    error = error or RecipeError
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"{path}: file not found")
-    text = path.read_text(encoding="utf-8")
+        raise error(f"{path}: file not found")
+    raw = path.read_bytes()
+    if len(raw) > MAX_YAML_BYTES:
+        raise error(f"{path}: {len(raw)} bytes; a YAML file here may have {MAX_YAML_BYTES} at most")
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(f"{path} line {line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8") from None
+    try:
+        for token in yaml.scan(text):
+            if isinstance(token, yaml.AnchorToken | yaml.AliasToken):
+                raise error(f"{path} line {token.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are "
+                            "not accepted here; write the values out")
+        return yaml.safe_load(text), yaml.compose(text)
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+        raise error(f"{path}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to be a config") from None
+
+
+def load_yaml_model(path: Path, model: type[M], overrides: dict[str, Any] | None = None) -> M:
+    """Parse `path` and validate it as `model`; dotted `overrides` ("dpo.beta": 0.2) apply on top."""
+    data, root = read_yaml(path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return validate_model(data, model, str(path), root, overrides)
@@ -119,6 +143,8 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str
     out = copy.deepcopy(data)
     for dotted, value in overrides.items():
         node = out
+        if not isinstance(dotted, str) or not all(dotted.split(".")):
+            raise RecipeError(f"{source}: override key {dotted!r} is not a dotted key like 'dpo.beta'")
         parts = dotted.split(".")
         for part in parts[:-1]:
             nxt = node.setdefault(part, {})

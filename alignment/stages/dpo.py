@@ -13,7 +13,7 @@ from typing import Any
 from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import DPOStageConfig
-from alignment.data import LoadedData, load_data
+from alignment.data import LoadedData, check_lengths, load_data
 from alignment.models import load_model, load_tokenizer, peft_config
 from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.training import progress_callback, trainer_kwargs, write_curves
@@ -37,12 +37,14 @@ EVAL_KEYS = ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins", "ev
 class DPOInputs:
     pairs: LoadedData
     held_out: LoadedData | None
+    over_length: int  # pairs longer than train.max_length (estimated): the trainer truncates them
 
 
 def validate(config: DPOStageConfig) -> DPOInputs:
     training.check_train(config.train)
-    return DPOInputs(load_data(config.data, "preference"),
-                     load_data(config.eval_data, "preference") if config.eval_data else None)
+    pairs = load_data(config.data, "preference")
+    return DPOInputs(pairs, load_data(config.eval_data, "preference") if config.eval_data else None,
+                     check_lengths(pairs, config.train.max_length, "train.max_length"))
 
 
 def _pairs(data: LoadedData):
@@ -78,7 +80,8 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
         "train_pairs": len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "train_seconds": result.metrics.get("train_runtime"), "beta": config.beta,
         "loss_type": config.loss_type.value, "adapter_mode": config.adapter.mode.value,
-        "data_format": data.format.value, "resumed_from_step": resumed,
+        "data_format": data.format.value, "resumed_from_step": resumed, "rows_over_max_length": inputs.over_length,
+        "pairs_identical_dropped": data.dropped_identical,
         "heldout_pairs": len(held_out.rows) if held_out else None,
         **{k.replace("eval_", "heldout_").replace("/", "_"): None for k in EVAL_KEYS},
     }

@@ -20,7 +20,7 @@ from typing import Any
 from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import RewardStageConfig
-from alignment.data import DataError, load_data
+from alignment.data import DataError, check_lengths, load_data
 from alignment.models import load_tokenizer, resolve_model_path, save_trained, torch_dtype
 from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.stats import bootstrap_ci
@@ -49,6 +49,7 @@ class RewardInputs:
     heldout: list[dict[str, Any]]
     soft: bool  # train on soft targets
     format: str
+    identical: int  # pairs with the same two answers (dropped by the data layer)
 
 
 def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
@@ -61,6 +62,7 @@ def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
 def validate(config: RewardStageConfig) -> RewardInputs:
     training.check_train(config.train)
     data = load_data(config.data, "preference")
+    check_lengths(data, config.train.max_length, "train.max_length")  # TRL drops them: refused if most are
     with_soft = sum("soft_label" in r for r in data.rows)
     if config.targets == "soft" and with_soft < len(data.rows):
         first = next(i for i, r in enumerate(data.rows) if "soft_label" not in r)
@@ -82,7 +84,7 @@ def validate(config: RewardStageConfig) -> RewardInputs:
         rows = [r for i, r in enumerate(rows) if i not in held]
     else:
         held_out = []
-    return RewardInputs(rows, held_out, soft, data.format.value)
+    return RewardInputs(rows, held_out, soft, data.format.value, data.dropped_identical)
 
 
 def soft_label_trainer():
@@ -204,7 +206,8 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
         "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
-        "data_format": inputs.format, "resumed_from_step": resumed, **dict.fromkeys(HELDOUT_KEYS),
+        "data_format": inputs.format, "resumed_from_step": resumed, "pairs_identical_dropped": inputs.identical,
+        **dict.fromkeys(HELDOUT_KEYS),
     }
     one_process = trainer.args.world_size == 1
     if not one_process:  # every rank takes part in the save; then rank 0 scores with the merged model

@@ -14,7 +14,7 @@ from typing import Any
 from alignment import training
 from alignment.artifacts import StageResult
 from alignment.config import SFTStageConfig
-from alignment.data import LoadedData, load_data
+from alignment.data import LoadedData, check_lengths, load_data
 from alignment.models import load_model, load_tokenizer, peft_config
 from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.training import progress_callback, trainer_kwargs, write_curves
@@ -35,6 +35,7 @@ SPEC = StageSpec(
 class SFTInputs:
     data: LoadedData
     mix: LoadedData | None
+    over_length: int  # rows longer than train.max_length (estimated): the trainer truncates them
 
 
 def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +49,9 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 
 def validate(config: SFTStageConfig) -> SFTInputs:
     training.check_train(config.train)
-    return SFTInputs(load_data(config.data, "sft"), load_data(config.mix_data, "sft") if config.mix_data else None)
+    data = load_data(config.data, "sft")
+    return SFTInputs(data, load_data(config.mix_data, "sft") if config.mix_data else None,
+                     check_lengths(data, config.train.max_length, "train.max_length"))
 
 
 def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int) -> list[dict[str, Any]]:
@@ -83,7 +86,7 @@ def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunCont
         "train_rows": len(rows), "mix_rows": len(rows) - len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
         "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
-        "data_format": data.format.value, "resumed_from_step": resumed,
+        "data_format": data.format.value, "resumed_from_step": resumed, "rows_over_max_length": inputs.over_length,
     }
     metrics.update(training.save_model(trainer, tok, out))
     return metrics
