@@ -17,8 +17,6 @@ import json
 import platform
 import time
 
-import httpx
-
 from flows import server
 
 
@@ -46,16 +44,15 @@ def trigger_and_wait(name: str, params: dict | None = None, timeout: float = 360
     raise SystemExit(f"flow run {fr.id} did not finish within {timeout} s")
 
 
-def task_runs(flow_run_id: str) -> list[dict]:
-    r = httpx.post(f"{server.api_url()}/task_runs/filter",
-                   json={"flow_runs": {"id": {"any_": [flow_run_id]}}}, timeout=30)
-    r.raise_for_status()
-    return r.json()
-
-
 def stage_rows(flow_run_id: str) -> list[dict]:
-    return [{"stage": tr["name"], "state": tr["state"]["name"], "task_s": round(tr["total_run_time"] or 0.0, 2)}
-            for tr in task_runs(flow_run_id)]
+    """Each task run of the flow run (through Prefect's client: the local API is locked)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as c:
+        trs = c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [{"stage": tr.name, "state": tr.state.name, "task_s": round(tr.total_run_time.total_seconds(), 2)}
+            for tr in trs]
 
 
 def compute_seconds(flow_run_id: str) -> dict[str, float]:

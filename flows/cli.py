@@ -17,6 +17,7 @@
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -41,6 +42,10 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
+    if a.allow_unsafe_parameters:
+        from flows.policy import ALLOW
+
+        os.environ[ALLOW] = "1"
     server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe)
     st = server.status()
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
@@ -261,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="sft-to-dpo", help="recipe the sft-to-dpo deployments serve")
     s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
     s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
+    s.add_argument("--allow-unsafe-parameters", action="store_true",
+                   help="let deployment runs turn on trust_remote_code, change engine URLs/keys and name files "
+                   "outside the project (only where every caller of the API is trusted)")
     s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("deploy", help="deploy the flows to a Prefect work pool (instead of serve): a worker runs them")
     s.add_argument("--pool", required=True, help="work pool (created as a `process` pool if missing)")

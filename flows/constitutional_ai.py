@@ -36,7 +36,7 @@ from alignment.config.loader import validate_model
 from alignment.constitution import load_constitution
 from alignment.data import load_data
 from alignment.stages import spec
-from flows import cai_reports, evaluation, reports
+from flows import cai_reports, evaluation, policy, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -74,6 +74,7 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), ConstitutionalAIRecipe, "overrides", overrides=overrides)
+    policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
     chain = Chain(list(refresh or []))
     run = chain.run

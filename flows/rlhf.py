@@ -29,7 +29,7 @@ from alignment.config import (
 )
 from alignment.config.loader import validate_model
 from alignment.stages import reward, sft
-from flows import evaluation, reports
+from flows import evaluation, policy, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -82,6 +82,7 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     sets dotted keys, e.g. ``{"algorithm": "grpo", "ppo.iterations": 40}``."""
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), RLHFRecipe, "overrides", overrides=overrides)
+    policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
     chain = Chain(list(refresh or []))
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
@@ -91,8 +92,8 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
         start_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
     rm = model_from(chain.run("reward", training_configs(recipe, sft_model)["reward"]), recipe.model)
     algo = recipe.algorithm.value
-    policy = model_from(chain.run(algo, training_configs(recipe, sft_model, rm)["rl"]), recipe.model)
-    policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, policy))
+    trained = model_from(chain.run(algo, training_configs(recipe, sft_model, rm)["rl"]), recipe.model)
+    policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, trained))
     evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
     headline = reports.publish(FLOW, chain.results, chain.states)
     return {"stages": chain.summary(), "metrics": headline}

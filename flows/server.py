@@ -3,11 +3,21 @@
 Defaults (each honoured only when not already set in the environment): the API at
 http://127.0.0.1:4200/api, ``PREFECT_HOME`` under ``$ALIGNMENT_HOME/prefect`` (SQLite), telemetry off.
 A ``PREFECT_API_URL`` that points elsewhere is used as is and no server is started.
+
+The local server is locked: it asks for a credential (HTTP basic, Prefect's ``PREFECT_SERVER_API_AUTH_STRING``)
+made once at random and kept in ``$ALIGNMENT_HOME/run/api-auth`` (mode 0600); every client the project
+starts or configures sends it (``PREFECT_API_AUTH_STRING``: the CLI, the serve process and its runs, and
+`prefect` in the activated environment); the UI asks for it once (it is the password on its login page).
+CSRF protection is on and CORS allows only the UI's own origin, so a web page cannot drive the API. A
+port that answers without accepting the credential is not ours: `alignment serve` refuses it.
 """
 
+import base64
 import hashlib
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,7 +50,26 @@ def apply_defaults() -> dict[str, str]:
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    if _is_local(os.environ["PREFECT_API_URL"]):  # our own server: send our credential
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", credential())
     return {k: os.environ[k] for k in defaults}
+
+
+def _is_local(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost")
+
+
+def credential() -> str:
+    """The local server's credential (`alignment:<random>`), made once, readable by its owner only."""
+    path = _run_dir() / "api-auth"
+    if not path.is_file():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"alignment:{secrets.token_urlsafe(24)}\n")
+        except FileExistsError:  # another process made it first
+            pass
+    return path.read_text().strip()
 
 
 def api_url() -> str:
@@ -51,16 +80,42 @@ def ui_url() -> str:
     return os.environ.get("PREFECT_UI_URL") or api_url().removesuffix("/api")
 
 
-def healthy(timeout: float = 2.0) -> bool:
+def probe(timeout: float = 2.0) -> str:
+    """`ours` (a Prefect API that accepts our credential), `foreign` (one that answers but refuses it, or
+    something else on the port) or `down` (nothing listening)."""
+    from urllib.error import HTTPError
+    from urllib.request import Request
+
+    url = api_url()
     try:
-        with urlopen(f"{api_url()}/health", timeout=timeout) as r:
-            return r.status == 200
+        with urlopen(f"{url}/health", timeout=timeout) as r:
+            if r.status != 200:
+                return "foreign"
+    except HTTPError:
+        return "foreign"
     except (URLError, OSError, ValueError):
-        return False
+        parsed = urlparse(url)
+        with socket.socket() as s:
+            s.settimeout(timeout)
+            held = s.connect_ex((parsed.hostname or "127.0.0.1", parsed.port or 80)) == 0
+        return "foreign" if held else "down"
+    token = os.environ.get("PREFECT_API_AUTH_STRING") or credential()
+    auth = {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
+    try:
+        with urlopen(Request(f"{url}/admin/version", headers=auth), timeout=timeout) as r:
+            return "ours" if r.status == 200 else "foreign"
+    except (URLError, OSError, ValueError):
+        return "foreign"
+
+
+def healthy(timeout: float = 2.0) -> bool:
+    return probe(timeout) == "ours"
 
 
 def _run_dir() -> Path:
-    d = alignment_home() / "run"
+    from alignment.artifacts import private_home
+
+    d = private_home() / "run"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
@@ -78,25 +133,36 @@ def _pid(name: str) -> int | None:
     return pid
 
 
-def _spawn(name: str, cmd: list[str], extra: str = "") -> int:
+def _spawn(name: str, cmd: list[str], extra: str = "", env: dict[str, str] | None = None) -> int:
     log = open(_run_dir() / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env=os.environ.copy())
+                            start_new_session=True, env={**os.environ, **(env or {})})
     (_run_dir() / f"{name}.pid").write_text(f"{proc.pid} {extra}".strip())
     return proc.pid
 
 
 def ensure_server(timeout: float = 90.0) -> str:
-    """Start `prefect server start` on loopback unless the configured API already answers."""
-    if healthy():
+    """Start `prefect server start` on loopback, locked (see the module), unless ours already answers."""
+    state = probe()
+    if state == "ours":
         return api_url()
     parsed = urlparse(api_url())
-    if parsed.hostname not in ("127.0.0.1", "localhost"):
-        raise RuntimeError(f"PREFECT_API_URL={api_url()} does not answer, and it is not a local server this "
-                           "tool may start; start it or unset PREFECT_API_URL")
+    if not _is_local(api_url()):
+        raise RuntimeError(f"PREFECT_API_URL={api_url()} does not answer with this project's credential, and it "
+                           "is not a local server this tool may start; start it, set PREFECT_API_AUTH_STRING, or "
+                           "unset PREFECT_API_URL")
+    if state == "foreign":
+        raise RuntimeError(f"port {parsed.port} on 127.0.0.1 is held by something that is not this project's "
+                           f"locked Prefect server (it does not accept the credential in {_run_dir() / 'api-auth'}): "
+                           "another user's server, an older unlocked one (`alignment stop`, or stop it by hand), or "
+                           "another program. Stop it, or use another port: ALIGNMENT_PREFECT_PORT=4300")
     if _pid("server") is None:
+        origin = f"http://127.0.0.1:{parsed.port or DEFAULT_PORT}"
+        locked = {"PREFECT_SERVER_API_AUTH_STRING": credential(), "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+                  "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin, "PREFECT_SERVER_CORS_ALLOWED_METHODS": "*",
+                  "PREFECT_SERVER_CORS_ALLOWED_HEADERS": "*"}
         _spawn("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(parsed.port or DEFAULT_PORT), "--analytics-off"])
+                          "--port", str(parsed.port or DEFAULT_PORT), "--analytics-off"], env=locked)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if healthy():
@@ -108,8 +174,9 @@ def ensure_server(timeout: float = 90.0) -> str:
 
 
 def _fingerprint(*recipes: str) -> str:
-    """Recipes and flow code: a change means the serve process must register deployments again."""
+    """Recipes, flow code and the parameter policy: a change means the serve process must restart."""
     h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
+    h.update(os.environ.get("ALIGNMENT_ALLOW_UNSAFE_PARAMETERS", "0").encode())
     for p in sorted((ROOT / "flows").glob("*.py")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]

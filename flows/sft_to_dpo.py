@@ -19,7 +19,7 @@ from prefect import flow
 from alignment.config import DPOStageConfig, ModelSpec, SFTStageConfig, SftToDpoRecipe
 from alignment.config.loader import validate_model
 from alignment.stages import dpo, sft
-from flows import evaluation, reports
+from flows import evaluation, policy, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -54,6 +54,7 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
     """Run (or reuse) every step; `refresh` forces steps; `overrides` sets dotted keys."""
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), SftToDpoRecipe, "overrides", overrides=overrides)
+    policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
     chain = Chain(list(refresh or []))
     chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=False))

@@ -32,6 +32,9 @@ def env(home, tmp_path_factory):
          "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results"), "ALIGNMENT_PREFECT_PORT": str(port),
          "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONUNBUFFERED": "1"}
     e["ALIGNMENT_HOME"] = str(home)
+    from flows import server
+
+    e["PREFECT_API_AUTH_STRING"] = server.credential()  # what the activated environment exports
     yield e
     subprocess.run([sys.executable, "-m", "flows.cli", "stop"], env=e, cwd=ROOT, capture_output=True)
 
@@ -42,8 +45,18 @@ def sh(args: list[str], env: dict, timeout: float = 300) -> str:
     return p.stdout + p.stderr
 
 
+def headers(env: dict) -> dict[str, str]:
+    """What a client of the locked API sends: the credential, and a CSRF token for POSTs."""
+    import base64
+
+    auth = {"Authorization": "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()}
+    token = httpx.get(env["PREFECT_API_URL"] + "/csrf-token", params={"client": "e2e"}, headers=auth, timeout=30)
+    token.raise_for_status()
+    return {**auth, "Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "e2e"}
+
+
 def api(env: dict, path: str, body: dict) -> list[dict]:
-    r = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    r = httpx.post(env["PREFECT_API_URL"] + path, json=body, headers=headers(env), timeout=30)
     r.raise_for_status()
     return r.json()
 
@@ -100,6 +113,13 @@ def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=flags)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{ui}/runs", wait_until="networkidle")
+        password = page.locator("input[type=password]").first  # the locked API: the UI asks once
+        password.wait_for(timeout=30_000)
+        page.screenshot(path=str(SHOTS / "login.png"), full_page=True)
+        password.fill(env["PREFECT_API_AUTH_STRING"])
+        page.get_by_role("button", name="Login").click()
+        page.get_by_text("Deployments", exact=True).first.wait_for(timeout=30_000)
         page.goto(f"{ui}/runs/flow-run/{first}", wait_until="networkidle")
         page.get_by_text("sft-to-dpo", exact=False).first.wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "flow-run.png"), full_page=True)
@@ -122,6 +142,37 @@ def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
     assert (SHOTS / "flow-run-artifacts.png").stat().st_size > 10_000
 
 
+def test_the_api_refuses_callers_without_the_credential(env, served_runs):
+    """The locked API: no credential or a wrong one: 401; a POST without a CSRF token: 403; a web page on
+    another origin gets no CORS permission; health stays open (probes)."""
+    import base64
+
+    url = env["PREFECT_API_URL"]
+    assert httpx.post(f"{url}/flow_runs/filter", json={}, timeout=30).status_code in (401, 403)
+    assert httpx.get(f"{url}/admin/version", timeout=30).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"alignment:guess").decode()}
+    assert httpx.get(f"{url}/admin/version", headers=wrong, timeout=30).status_code == 401
+    auth = {"Authorization": headers(env)["Authorization"]}
+    assert httpx.post(f"{url}/flow_runs/filter", json={}, headers=auth, timeout=30).status_code == 403, "CSRF"
+    assert httpx.post(f"{url}/flow_runs/filter", json={}, headers=headers(env), timeout=30).status_code == 200
+    evil = httpx.options(f"{url}/flow_runs/filter", timeout=30, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert evil.headers.get("access-control-allow-origin") not in ("*", "http://evil.example")
+    assert httpx.get(f"{url}/health", timeout=30).status_code == 200
+
+
+def test_deployment_parameters_may_not_turn_on_remote_code(env, served_runs):
+    """Parameters come over the API: a run asking for `trust_remote_code` fails before any step, naming it."""
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    p = subprocess.run([prefect, "--no-prompt", "deployment", "run", "sft-to-dpo/sft-to-dpo", "-p",
+                        'overrides={"model.trust_remote_code": true}', "--watch", "--watch-interval", "1"],
+                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", p.stdout + p.stderr).group(1)
+    run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()
+    assert run["state"]["name"] == "Failed" and "model.trust_remote_code = true" in run["state"]["message"]
+    assert task_states(env, run_id) == {}, "refused before any step ran"
+
+
 def test_a_worker_runs_the_flows_from_a_work_pool(env, served_runs):
     """`alignment deploy --pool` ties the deployments to a `process` work pool; a real `prefect worker` on
     loopback picks the run up and runs it (every step from cache: the store is the one served runs filled)."""
@@ -134,7 +185,7 @@ def test_a_worker_runs_the_flows_from_a_work_pool(env, served_runs):
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         run_id = deployment_run(env, "sft-to-dpo/sft-to-dpo")
-        run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=30).json()
+        run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()
         assert run["work_pool_name"] == "e2e-pool" and run["state"]["name"] == "Completed"
         assert set(task_states(env, run_id).values()) == {"Cached"}
     finally:
