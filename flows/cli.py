@@ -254,8 +254,8 @@ def cmd_constitution(a) -> None:
 
 
 def cmd_stop(a) -> None:
-    for name in ("serve", "server"):
-        print(f"{name}: {'stopped' if server.stop(name) else 'not running'}")
+    for name, stopped in server.stop_all().items():
+        print(f"{name}: {'stopped' if stopped else 'not running'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

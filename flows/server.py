@@ -16,7 +16,6 @@ import base64
 import hashlib
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from urllib.error import URLError
 from urllib.parse import urlparse
 from urllib.request import urlopen
 
+from alignment import processes
 from alignment.artifacts import alignment_home
 from alignment.config.loader import recipe_path
 
@@ -113,31 +113,18 @@ def healthy(timeout: float = 2.0) -> bool:
 
 
 def _run_dir() -> Path:
-    from alignment.artifacts import private_home
-
-    d = private_home() / "run"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return processes.run_dir()
 
 
 def _pid(name: str) -> int | None:
-    f = _run_dir() / f"{name}.pid"
-    if not f.is_file():
-        return None
-    pid = int(f.read_text().split()[0])
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        f.unlink(missing_ok=True)
-        return None
-    return pid
+    return processes.live_pid(name)
 
 
 def _spawn(name: str, cmd: list[str], extra: str = "", env: dict[str, str] | None = None) -> int:
     log = open(_run_dir() / f"{name}.log", "ab")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, env={**os.environ, **(env or {})})
-    (_run_dir() / f"{name}.pid").write_text(f"{proc.pid} {extra}".strip())
+    processes.pid_file(name, proc.pid, extra)
     return proc.pid
 
 
@@ -189,9 +176,12 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
     fp = _fingerprint(recipe, cai_recipe, rlhf_recipe)
     pid = _pid("serve")
     if pid is not None:
-        current = (_run_dir() / "serve.pid").read_text().split()[1:]
-        if current == [fp]:
+        if processes.record("serve")[1] == [fp]:
             return
+        active = _active_runs()
+        if active:
+            raise RuntimeError(f"the serve process has {active} run(s) in progress and the recipes or flow code "
+                               "changed; wait for them (`alignment wait`) or stop it (`alignment stop`), then serve")
         stop("serve")
     from flows.serve import deployments
 
@@ -225,23 +215,27 @@ def _deployments_updated_since(t: float, names: list[str]) -> bool:
 
 
 def stop(name: str) -> bool:
-    pid = _pid(name)
-    if pid is None:
-        return False
+    return processes.stop(name, grace=40.0 if name.startswith("vllm-") else 10.0)
+
+
+def stop_all() -> dict[str, bool]:
+    """`alignment stop`: the serve process first (its runs end), managed vLLM servers, then the server."""
+    order = ["serve", *[n for n in processes.names() if n not in ("serve", "server")], "server"]
+    return {name: stop(name) for name in order}
+
+
+def _active_runs() -> int:
+    """Flow runs of our flows that are running or about to (so the serve process must not restart)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-    (_run_dir() / f"{name}.pid").unlink(missing_ok=True)
-    return True
+        with get_client(sync_client=True) as c:
+            return len(c.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])))))
+    except Exception:  # noqa: BLE001 - no server to ask: nothing is running
+        return 0
 
 
 def status() -> dict[str, object]:

@@ -169,9 +169,12 @@ def test_managed_server_is_stopped_when_the_stage_fails(tiny_recipe, store, monk
 
 
 @needs_vllm
-def test_managed_server_is_stopped_when_the_owner_is_terminated(tmp_path):
-    """A flow run cancelled with SIGTERM: the managed server (its own process session) goes with it."""
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_managed_server_dies_with_its_owner(tmp_path, how):
+    """A flow run cancelled (SIGTERM) or killed outright (SIGKILL, OOM: no handler runs in the owner): the
+    managed server goes with it (its guard watches the owner), every process of it, and its port is free."""
     import signal
+    import socket
     import subprocess
     import sys
     import time
@@ -183,18 +186,30 @@ def test_managed_server_is_stopped_when_the_owner_is_terminated(tmp_path):
         "from alignment.generation import load_engine\n"
         "e = load_engine(ModelSpec(name='tiny-random'), EngineSpec(kind=EngineKind.openai, "
         "gpu_memory_utilization=0.1, max_model_len=512, server_timeout_s=240))\n"
-        "print('READY', e.server.proc.pid, flush=True)\n"
+        "print('READY', e.server.proc.pid, e.server.port, flush=True)\n"
         "time.sleep(600)\n")
     owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=os.environ.copy())
     line = owner.stdout.readline()
     assert line.startswith("READY"), line
-    server_pid = int(line.split()[1])
-    assert psutil.pid_exists(server_pid)
-    owner.send_signal(signal.SIGTERM)
+    guard, port = int(line.split()[1]), int(line.split()[2])
+    group = [p.pid for p in psutil.process_iter() if p.pid != guard and _pgid(p.pid) == guard]
+    assert group, "the server runs under its guard"
+    owner.send_signal(getattr(signal, how))
     owner.wait(timeout=60)
-    for _ in range(30):
-        if not psutil.pid_exists(server_pid) or psutil.Process(server_pid).status() == psutil.STATUS_ZOMBIE:
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        alive = [p for p in [guard, *group] if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        with socket.socket() as s:
+            free = s.connect_ex(("127.0.0.1", port)) != 0
+        if not alive and free:
             break
         time.sleep(1)
     else:
-        pytest.fail(f"vllm serve (pid {server_pid}) outlived its terminated owner")
+        pytest.fail(f"after {how} of its owner, server processes {alive} remain or port {port} is still taken")
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None

@@ -22,6 +22,7 @@ import httpx
 from alignment.config import EngineSpec, GenerationSpec, ModelSpec
 from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
 from alignment.generation.vllm_engine import memory_share
+from alignment.processes import pid_file
 
 
 class ServerError(RuntimeError):
@@ -58,9 +59,14 @@ _PREVIOUS_SIGTERM = None
 atexit.register(_stop_all)
 
 
+GRACE_S = 30.0  # vLLM's own shutdown takes up to 20 s: wait longer before killing
+
+
 class ManagedVLLMServer:
     """`vllm serve` as a child process on loopback: health-checked start, guaranteed stop (context exit,
-    ``close``, interpreter exit, SIGTERM)."""
+    ``close``, interpreter exit, SIGTERM) and, through ``alignment.generation.guard``, death with its owner
+    even when the owner is killed with SIGKILL (the guard watches the owner's pid). Its pid file under
+    ``$ALIGNMENT_HOME/run`` lets `alignment stop` reap it."""
 
     def __init__(self, model_path: str, name: str, spec: EngineSpec, dtype: str = "auto"):
         self.model_path, self.name, self.spec, self.dtype = model_path, name, spec, dtype
@@ -83,10 +89,12 @@ class ManagedVLLMServer:
         global _PREVIOUS_SIGTERM
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             _PREVIOUS_SIGTERM = signal.signal(signal.SIGTERM, _on_sigterm)
+        guard = [sys.executable, "-m", "alignment.generation.guard", str(os.getpid()), str(GRACE_S), "--"]
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(guard + self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         _LIVE.add(self)
+        self.pid_file = pid_file(f"vllm-{self.port}", self.proc.pid)
         deadline = time.time() + self.spec.server_timeout_s
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -109,11 +117,13 @@ class ManagedVLLMServer:
 
     def stop(self) -> None:
         _LIVE.discard(self)
+        if getattr(self, "pid_file", None) is not None:
+            self.pid_file.unlink(missing_ok=True)
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the guard stops the server, then the group
+            self.proc.wait(timeout=GRACE_S + 10)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
