@@ -68,7 +68,9 @@ def data_of(result: dict, stage: str, output: str) -> DataSpec:
     return DataSpec(path=str(spec(stage).output(result, output)))
 
 
-@flow(name=FLOW, log_prints=True, persist_result=False,
+# log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
+# print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
+@flow(name=FLOW, log_prints=False, persist_result=False,
       description="Constitutional AI: critique → revision (SL-CAI), AI feedback (RL-CAI), DPO, evaluation.")
 def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None = None,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -74,7 +74,9 @@ def preflight(recipe: RLHFRecipe) -> None:
     evaluation.preflight(recipe)
 
 
-@flow(name=FLOW, log_prints=True, persist_result=False,
+# log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
+# print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
+@flow(name=FLOW, log_prints=False, persist_result=False,
       description="RLHF: SFT, reward model, PPO/GRPO/RLOO, then evaluation against the SFT model.")
 def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
          overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -47,7 +47,9 @@ def preflight(recipe: SftToDpoRecipe) -> None:
     evaluation.preflight(recipe)
 
 
-@flow(name=FLOW, log_prints=True, persist_result=False,
+# log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
+# print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
+@flow(name=FLOW, log_prints=False, persist_result=False,
       description="Supervised fine-tuning, then DPO, then evaluation of DPO against SFT.")
 def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from prefect_api import artifacts, task_states
+from prefect_api import artifacts, log_lines, task_states
 
 from alignment.artifacts import ArtifactStore
 
@@ -63,6 +63,9 @@ def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, t
     assert result["metrics"]["evaluate_kl_k3_mean"] is None, "no `evaluate.kl` in this recipe: not computed"
     table = json.loads(arts["sft-to-dpo-responses"].data)
     assert len(table) == 4 and list(table[0]) == ["prompt", "base", "sft", "dpo"]
+    lines = log_lines(fr)
+    assert any("sft: 100%" in line for line in lines), "progress lines reach the run page"
+    assert not [line for line in lines if "LOAD_GLOBAL" in line or "RESUME " in line], "no bytecode listings"
     assert table[0]["prompt"] == "What is the capital of France?"
     assert arts["sft-progress"].data == 100
     dpo_md = arts["dpo-summary"].data
