@@ -121,7 +121,8 @@ def _read_local(path: Path) -> list[tuple[str, Any]]:
     import pandas as pd
 
     try:
-        df = pd.read_parquet(path) if name.endswith(".parquet") else pd.read_csv(path, encoding="utf-8-sig")
+        df = (pd.read_parquet(path) if name.endswith(".parquet")  # CSV cells are text: "4" stays "4"
+              else pd.read_csv(path, encoding="utf-8-sig", dtype=str, keep_default_na=False))
     except UnicodeDecodeError:
         _decode(path.read_bytes(), path)  # raises with the line
         raise

@@ -173,13 +173,19 @@ def cmd_status(a) -> None:
 
 
 def cmd_validate(a) -> None:
-    from flows.registry import load_recipe, preflight
+    """Every prompt template renders; every recipe, its data, models and launch configs check out; what the
+    data layer drops or counts (identical pairs, rows over max_length) is reported."""
+    from alignment.prompts import validate_all
+    from flows.registry import data_report, load_recipe, preflight
 
+    print(f"ok  prompts/: {len(validate_all())} templates render")
     names = a.recipes or sorted(p.stem for p in recipe_path("sft-to-dpo").parent.glob("*.yaml"))
     for name in names:
         flow, recipe = load_recipe(name)
         preflight(flow, recipe)
         print(f"ok  {recipe_path(name)}  ({flow})")
+        for line in data_report(flow, recipe):
+            print(f"    {line}")
 
 
 def cmd_verify(a) -> None:

@@ -66,3 +66,22 @@ def check_paths(value: Any, where: str = "") -> None:
 def steps(flow: str, recipe: BaseModel) -> tuple[str, ...]:
     """The steps a recipe runs in its flow, in order (each flow module's ``steps``)."""
     return flow_module(flow).steps(recipe)
+
+
+def data_report(flow: str, recipe: BaseModel) -> list[str]:
+    """Per training stage's data: rows, identical pairs dropped, rows over `train.max_length` (estimated)."""
+    from alignment.data import estimated_tokens, load_data
+
+    builder = getattr(flow_module(flow), "training_configs", None)
+    out = []
+    for name, config in (builder(recipe) if builder else {}).items():
+        spec = getattr(config, "data", None)
+        if spec is None:
+            continue
+        kind = "sft" if name == "sft" else "preference"
+        data = load_data(spec, kind)
+        over = sum(estimated_tokens(r) > config.train.max_length for r in data.rows)
+        pairs = f", {data.dropped_identical} identical pairs dropped" if kind == "preference" else ""
+        out.append(f"{name}.data {spec.path}: {len(data.rows)} rows used{pairs}, {over} over train.max_length = "
+                   f"{config.train.max_length} (estimated; the trainer truncates or drops them)")
+    return out
