@@ -18,12 +18,14 @@ def run_dir() -> Path:
 
 
 def start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), None if gone."""
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22), None if gone.
+    A zombie (killed, not yet reaped by its parent: a server killed under a run that started it) is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2 :].split()[19]  # fields after the command name start at field 3
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields after the command name start at field 3 (state)
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def pid_file(name: str, pid: int, extra: str = "") -> Path:

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Any
 
+import httpx
+
 from alignment import stages
 from alignment.config.loader import RecipeError, load_yaml_model, recipe_path
 from alignment.constitution import ConstitutionError
@@ -66,9 +68,17 @@ def cmd_run(a) -> None:
     flow, recipe = load_recipe(a.recipe, _parse_params(a.param))
     server.ensure_server()
     state = flow_function(flow)(recipe=recipe, refresh=a.refresh, return_state=True)
+    if not state.is_completed() and server.reachable() is not None:
+        raise RuntimeError(_server_lost(state.message or ""))
     summary(str(state.state_details.flow_run_id))
     if not state.is_completed():
         sys.exit(1)
+
+
+def _server_lost(detail: str) -> str:
+    return (f"lost the Prefect server at {server.api_url()} during the run{': ' + detail if detail else ''}. "
+            "What the run committed stays in the store. Start the server again (`alignment serve`, or any "
+            "`alignment run`; it marks this run Crashed) and rerun: committed stages are reused")
 
 
 def cmd_stage(a) -> None:
@@ -335,6 +345,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except RuntimeError as e:  # a stage failed (a launch's last log lines, a server that did not start)
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except httpx.TransportError as e:  # the server went away under a command
+        print(f"error: {_server_lost(str(e))}", file=sys.stderr)
         sys.exit(1)
 
 

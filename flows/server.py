@@ -47,6 +47,9 @@ def apply_defaults() -> dict[str, str]:
         "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # seconds between serve polls (default 10): snappier runs
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        # 3 retries (2+4+8 s) instead of 5 (62 s) per API call: a busy loopback server still gets 14 s,
+        # and a run whose server died ends in about a minute instead of five (tests/test_server_loss.py)
+        "PREFECT_CLIENT_MAX_RETRIES": "3",
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
@@ -132,6 +135,7 @@ def ensure_server(timeout: float = 90.0) -> str:
     """Start `prefect server start` on loopback, locked (see the module), unless ours already answers."""
     state = probe()
     if state == "ours":
+        _mark_orphaned_runs()
         return api_url()
     parsed = urlparse(api_url())
     if not _is_local(api_url()):
@@ -153,11 +157,89 @@ def ensure_server(timeout: float = 90.0) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if healthy():
+            _mark_orphaned_runs()
             return api_url()
         if _pid("server") is None:
             break
         time.sleep(0.5)
     raise RuntimeError(f"the Prefect server did not come up within {timeout:.0f} s; see {_run_dir() / 'server.log'}")
+
+
+def register_flow_run(flow_run_id: str) -> None:
+    """Note that this process runs `flow_run_id` (its pid and start time under ``run/flow-runs``): when the
+    server dies mid-run, the run's process ends without being able to say so, and the server comes back
+    with the run still `Running`; `ensure_server` then marks it `Crashed` (`_mark_orphaned_runs`)."""
+    runs = _run_dir() / "flow-runs"
+    runs.mkdir(exist_ok=True)
+    (runs / f"{flow_run_id}.pid").write_text(f"{os.getpid()} {processes.start_time(os.getpid())}")
+
+
+def _mark_orphaned_runs() -> list[str]:
+    """Mark `Crashed` every registered run whose process is gone while the server still shows it running;
+    forget the ones that ended. Returns the names marked (also printed on stderr)."""
+    runs = _run_dir() / "flow-runs"
+    gone = []
+    for path in sorted(runs.glob("*.pid")) if runs.is_dir() else []:
+        try:
+            pid, started = path.read_text().split()[:2]
+            alive = processes.start_time(int(pid)) == started
+        except (OSError, ValueError):
+            alive = False
+        if not alive:
+            gone.append(path)
+    if not gone:
+        return []
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    marked = []
+    try:
+        with get_client(sync_client=True) as c:
+            for path in gone:
+                try:
+                    run = c.read_flow_run(path.stem)
+                except (ObjectNotFound, ValueError):  # another server's run, or not a run id
+                    path.unlink(missing_ok=True)
+                    continue
+                if run.state is not None and not run.state.is_final():
+                    c.set_flow_run_state(run.id, Crashed(message=(
+                        "its process ended while it was running (the Prefect server or the process was stopped "
+                        "or killed); the stages it finished are committed in the store and a rerun reuses them")),
+                        force=True)
+                    marked.append(run.name)
+                path.unlink(missing_ok=True)
+    except Exception as e:  # noqa: BLE001 - bookkeeping must never keep the server from being used
+        print(f"warning: could not check for runs left Running by a crash: {e}", file=sys.stderr)
+    if marked:
+        print(f"marked {len(marked)} run(s) whose process had ended as Crashed: {', '.join(marked)}",
+              file=sys.stderr)
+    return marked
+
+
+def reachable(timeout: float = 10.0) -> Exception | None:
+    """None when the Prefect API this process talks to (the active settings: ours, another server, Prefect
+    Cloud, a test harness) answers `/health`; else the error. One plain request, none of the Prefect
+    client's retries (about a minute for a refused connection), so a server that died is known at once."""
+    import httpx
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    def plain(secret) -> str:  # a str or a pydantic SecretStr, by Prefect version
+        return secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret or "")
+
+    url, auth, key = PREFECT_API_URL.value(), plain(PREFECT_API_AUTH_STRING.value()), plain(PREFECT_API_KEY.value())
+    headers = {}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    elif key:
+        headers["Authorization"] = f"Bearer {key}"
+    if not url:
+        return RuntimeError("no Prefect API configured")
+    try:
+        httpx.get(url.rstrip("/") + "/health", headers=headers, timeout=timeout).raise_for_status()
+    except httpx.HTTPError as e:
+        return e
+    return None
 
 
 def _fingerprint(*recipes: str) -> str:

@@ -18,6 +18,7 @@ from prefect.context import get_run_context
 
 from alignment.artifacts import ArtifactStore
 from alignment.stages import RunContext, StageSpec, runner, spec, spec_for
+from flows.server import reachable
 
 
 def stage_cache_key(ctx, params: dict[str, Any]) -> str:
@@ -27,10 +28,30 @@ def stage_cache_key(ctx, params: dict[str, Any]) -> str:
 
 
 def _progress_hook(stage: StageSpec, label: str):
-    """Create a progress artifact for `label` and return a throttled updater (at most one call a second)."""
-    artifact_id = create_progress_artifact(progress=0.0, key=f"{label.replace('_', '-')}-progress",
-                                           description=f"{label}: progress")
+    """Create a progress artifact for `label` and return a throttled updater (at most one call a second).
+
+    Progress is for the UI and is best effort: when the server cannot take it (gone, restarting), the
+    stage goes on and commits its work (one warning), and the chain stops before the next stage
+    (`Chain._check_server`)."""
     logger = get_run_logger()
+    broken: list[Exception] = []
+
+    def report(call, **kwargs):
+        if broken:
+            return None
+        if call is create_progress_artifact and (err := reachable()) is not None:
+            broken.append(err)  # no minute of client retries before the stage starts
+            logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, err)
+            return None
+        try:
+            return call(**kwargs)
+        except Exception as e:  # noqa: BLE001 - httpx/Prefect errors of an unreachable API
+            broken.append(e)
+            logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, e)
+            return None
+
+    artifact_id = report(create_progress_artifact, progress=0.0, key=f"{label.replace('_', '-')}-progress",
+                         description=f"{label}: progress")
     last = [0.0]
 
     def update(fraction: float, metrics: dict[str, Any]) -> None:
@@ -38,7 +59,8 @@ def _progress_hook(stage: StageSpec, label: str):
         if now - last[0] < 1.0 and fraction < 1.0:
             return
         last[0] = now
-        update_progress_artifact(artifact_id=artifact_id, progress=round(100 * fraction, 1))
+        if artifact_id is not None:
+            report(update_progress_artifact, artifact_id=artifact_id, progress=round(100 * fraction, 1))
         shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in stage.progress)
         logger.info("%s: %.0f%% %s", label, 100 * fraction, shown)
 
@@ -66,19 +88,41 @@ def stage_task(stage: StageSpec, refresh: bool = False, label: str | None = None
     )
 
 
+class ServerLost(RuntimeError):
+    """The Prefect server stopped answering mid-run: the run stops before its next stage."""
+
+
 class Chain:
     """Runs a flow's stage tasks in order, keeping each one's result and final state by label. A label
-    in `refresh` gets a salted config (new artifact key) and skips the cache lookup."""
+    in `refresh` gets a salted config (new artifact key) and skips the cache lookup.
+
+    The run registers its process (`flows.server.register_flow_run`), so that if the server dies, the run
+    is marked Crashed when it comes back; before each stage the chain checks that the server still
+    answers, and stops with `ServerLost` (naming what is committed) rather than start work it could not
+    report."""
 
     def __init__(self, refresh: list[str]):
+        from prefect.runtime import flow_run
+
+        from flows.server import register_flow_run
+
         self.refresh = refresh
         self.results: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str] = {}
+        register_flow_run(flow_run.id)
+
+    def _check_server(self, label: str) -> None:
+        if (err := reachable()) is not None:
+            done = ", ".join(self.results) or "none"
+            raise ServerLost(f"the Prefect server stopped answering before {label} ({err}); stages committed "
+                             f"in the store so far: {done}. Start it again (`alignment serve`, or any `alignment "
+                             "run`) and rerun: committed stages are reused, and this run shows as Crashed")
 
     def run(self, label: str, config) -> dict[str, Any]:
         """Run (or reuse) the stage `config` belongs to, shown as `label`."""
         from prefect.runtime import flow_run
 
+        self._check_server(label)
         stage = spec_for(config)
         forced = label in self.refresh
         config = config.model_copy(update={"refresh_token": f"refresh:{flow_run.id}" if forced else None})

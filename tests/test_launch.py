@@ -105,7 +105,7 @@ def checkpoints_of(home: Path, stage: str) -> list[Path]:
 
 def test_a_flow_killed_mid_sft_resumes_sft_from_its_checkpoint(home, prefect_harness):
     """`alignment run tiny` in a subprocess, SIGKILLed after SFT wrote a checkpoint; the same command again
-    resumes SFT there (resumed_from_step > 0) and the flow completes."""
+    marks the killed run Crashed, resumes SFT there (resumed_from_step > 0) and the flow completes."""
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "ALIGNMENT_HOME": str(home)}
@@ -122,6 +122,7 @@ def test_a_flow_killed_mid_sft_resumes_sft_from_its_checkpoint(home, prefect_har
     assert not list((home / "store" / "sft").glob("*/manifest.json")), "killed before SFT finished"
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "marked 1 run(s) whose process had ended as Crashed" in again.stderr, "the killed run left Running"
     manifest = json.loads(next((home / "store" / "sft").glob("*/manifest.json")).read_text())
     assert manifest["resumed_from_step"] >= 20 and manifest["metrics"]["steps"] == 400
     assert not checkpoints_of(home, "sft"), "checkpoints removed after the commit"
@@ -184,6 +185,31 @@ def test_two_runs_of_one_key_at_once_compute_it_once(home):
         outs.append(json.loads(stdout[stdout.index("{\n"):]))
     assert sorted(o["reused"] for o in outs) == [False, True] and outs[0]["key"] == outs[1]["key"]
     assert len(list((home / "store" / "sft").iterdir())) == 1
+
+
+def test_two_flow_runs_of_one_recipe_at_once_compute_each_stage_once(tmp_path, prefect_harness, monkeypatch):
+    """Two `alignment run tiny` started together on an empty store: both complete; every stage is written
+    by one run and reused by the other (the per-key lock); one artifact per key, each whole."""
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "home"
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "ALIGNMENT_HOME": str(home)}
+    cmd = [sys.executable, "-m", "flows.cli", "run", "tiny", "-p", "evaluate=null", "-p", "sft.train.max_steps=30"]
+    runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], "\n".join(o[-2000:] for o in outs)
+    both = "".join(outs)
+    labels = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo")
+    for label in labels:  # a stage is reused through Prefect's cache (Cached) or the store's lock (reused)
+        assert both.count(f"- {label}: wrote artifact") == 1, f"{label} computed twice or never:\n{both[-4000:]}"
+    store = home / "store"
+    assert {p.name: len(list(p.iterdir())) for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")} == {
+        "sft": 1, "dpo": 1, "respond": 3}
+    from alignment.artifacts import ArtifactStore
+
+    monkeypatch.setenv("ALIGNMENT_STORE", str(store))
+    assert all(ArtifactStore().problem(p.parent.name, p.name, full=True) is None for p in store.glob("*/*") if p.is_dir())
 
 
 def test_trackers_log_to_tensorboard_and_a_missing_tracker_is_a_clear_error(home):
