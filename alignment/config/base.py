@@ -2,8 +2,9 @@
 
 from enum import StrEnum
 from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 
 class Strict(BaseModel):
@@ -123,6 +124,19 @@ class EngineKind(StrEnum):
     openai = "openai"  # an OpenAI-compatible endpoint, or a managed `vllm serve` on 127.0.0.1
 
 
+def recorded_url(url: str | None) -> str | None:
+    """A URL as configs, manifests, logs and errors record it: scheme, host, port and path; never a
+    user, password, query or fragment (where keys end up when pasted from a provider's console)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 class EngineSpec(Strict):
     """Which generation engine produces responses and judge outputs."""
 
@@ -132,6 +146,25 @@ class EngineSpec(Strict):
         "managed `vllm serve` on 127.0.0.1 for the run and stops it afterwards.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Name of the environment variable holding the "
                              "endpoint's key (the key itself never goes into a config, log or artifact).")
+
+    @field_validator("base_url")
+    @classmethod
+    def _plain_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{recorded_url(url)!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        if parts.username or parts.password:
+            raise ValueError(f"{recorded_url(url)!r} carries a user or password, which would be recorded in "
+                             "configs, logs and the Prefect UI; put the key in the environment variable named by "
+                             "engine.api_key_env instead")
+        return url
+
+    @field_serializer("base_url")
+    def _record(self, url: str | None, info):
+        """Dumped with ``context={"record": True}`` (config.json, manifests): without query or fragment."""
+        return recorded_url(url) if (info.context or {}).get("record") else url
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=0.95, description="vLLM: share of device memory it reserves. Unset: 0.5 on a GPU; on "
         "a CPU (where it is a share of system memory) 8 GiB worth, so it starts beside other work.")

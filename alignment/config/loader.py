@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from alignment.config.base import recorded_url
+
 M = TypeVar("M", bound=BaseModel)
 RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "flows" / "recipes"
 
@@ -70,6 +72,8 @@ def describe(exc: ValidationError, model: type[BaseModel], source: str, root: ya
             lines.append(f"{where}: {key}: unknown key. Fix: {fix} (check for a typo)")
             continue
         value = err.get("input")
+        if isinstance(value, str) and "://" in value:
+            value = recorded_url(value)  # a URL is shown without user, password or query
         shown = "" if err["type"] == "missing" else f" = {value!r:.80}"
         hint = _field_help(model, loc)
         lines.append(f"{where}: {key}{shown}: {err['msg']}." + (f" Fix: {hint}" if hint else ""))

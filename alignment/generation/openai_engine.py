@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 
 from alignment.config import EngineSpec, GenerationSpec, ModelSpec
+from alignment.config.base import recorded_url
 from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
 from alignment.generation.vllm_engine import memory_share
 from alignment.processes import pid_file
@@ -165,7 +166,7 @@ class OpenAIEngine:
     def _post(self, path: str, body: dict) -> dict:
         r = self.client.post(f"{self.base_url}{path}", json=body)
         if r.status_code != 200:
-            raise ServerError(f"{self.base_url}{path} answered {r.status_code}: {r.text[:500]}")
+            raise ServerError(f"{recorded_url(self.base_url + path)} answered {r.status_code}: {r.text[:500]}")
         return r.json()
 
     def generate(self, chats: list[Chat], spec: GenerationSpec, logprobs: bool = False) -> list[Completion]:
@@ -192,7 +193,7 @@ class OpenAIEngine:
                                                   "prompt_logprobs": 0, "temperature": 0})
                 pl = res["choices"][0].get("prompt_logprobs")
                 if pl is None:
-                    raise ServerError(f"{self.base_url} returned no prompt_logprobs; scoring needs a vLLM server")
+                    raise ServerError(f"{recorded_url(self.base_url)} returned no prompt_logprobs; scoring needs a vLLM server")
                 row.append(sum(pl[len(p) + k][str(t)]["logprob"] for k, t in enumerate(o)))
             out.append(row)
         return out
