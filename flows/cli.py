@@ -114,6 +114,8 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
     by_key = {a.key: a for a in arts if a.key}
     print(f"\nFlow run {run.name} ({run.id}): {run.state_name}, {run.total_run_time.total_seconds():.0f} s")
     print(f"Open in the Prefect UI: {server.ui_url()}/runs/flow-run/{run.id}")
+    if server.is_local_api():
+        print(f"  (the UI asks once for the server's credential: paste the line in {server.credential_path()})")
     print(f"All artifacts (summaries, curves, responses): {server.ui_url()}/artifacts")
     flow = next((k.removesuffix("-results") for k in by_key if k.endswith("-results")), None)
     if flow is None:

@@ -62,9 +62,18 @@ def _is_local(url: str) -> bool:
     return urlparse(url).hostname in ("127.0.0.1", "localhost")
 
 
+def credential_path() -> Path:
+    return _run_dir() / "api-auth"
+
+
+def is_local_api() -> bool:
+    """The configured API is the project's own local server (which asks for `credential()`)."""
+    return _is_local(api_url())
+
+
 def credential() -> str:
     """The local server's credential (`alignment:<random>`), made once, readable by its owner only."""
-    path = _run_dir() / "api-auth"
+    path = credential_path()
     if not path.is_file():
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
