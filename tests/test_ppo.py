@@ -49,6 +49,30 @@ def test_reward_for_a_target_letter_rises(prompt_file):
         assert all(key in h for h in history)
 
 
+def test_the_critic_learns_explained_variance_rises(prompt_file):
+    """The value head starts at zero (explained variance 0, not the large negative values of a random
+    head) and learns: the mean explained variance of the last iterations is clearly above the first's.
+    Before the fix (a random head, vf_coef 0.1, the head at the policy's learning rate, raw scores) it
+    went from -2.3 to 0.00 ± 0.01 on this task and stayed there; with only the zero start, last four
+    iterations' mean -0.04."""
+    history = make_loop(ppo_config(prompt_file, iterations=12)).train()
+    ev = [h["explained_variance"] for h in history]
+    assert ev[0] == pytest.approx(0.0, abs=1e-6), "a zero head explains nothing, and nothing negative"
+    assert sum(ev[-4:]) / 4 > 0.05 and sum(ev[-4:]) / 4 > sum(ev[:4]) / 4 + 0.04, ev
+    assert all(abs(h["returns_std"] - 1) < 1 for h in history), "normalised scores: returns of unit scale"
+
+
+def test_critic_warmup_trains_the_value_head_alone(prompt_file):
+    """During `critic_warmup` iterations the policy's weights do not move; the value head's do."""
+    loop = make_loop(ppo_config(prompt_file, iterations=1, critic_warmup=1))
+    before = {k: v.clone() for k, v in loop.trainable_state().items()}
+    loop.train()
+    after = loop.trainable_state()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("value_head.") for k in moved), sorted(moved)[:5]
+    assert loop.history[0]["critic_warmup"] == 1.0
+
+
 def test_first_minibatch_is_on_policy(prompt_file):
     """Old log-probs come from the same weights in the same mode: before any update the ratio is 1."""
     cfg = ppo_config(prompt_file, iterations=1, ppo_epochs=1, rollout_batch=8,
@@ -76,6 +100,7 @@ def test_resume_from_a_checkpoint_equals_continuing(prompt_file, tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
     assert [h["score"] for h in straight.history] == [h["score"] for h in resumed.history]
     assert straight.kl.coef == resumed.kl.coef
+    assert straight.moments == resumed.moments, "the reward normaliser's moments are part of the checkpoint"
 
 
 def test_ppo_stage_writes_a_loadable_artifact(prompt_file, store, tmp_path):

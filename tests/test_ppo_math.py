@@ -7,6 +7,7 @@ import torch
 
 from alignment.rl.ppo_math import (
     KLController,
+    RunningMoments,
     entropy_from_logits,
     explained_variance,
     gae,
@@ -135,3 +136,21 @@ def test_kl_controller():
     assert adaptive.update(12.0, 256) == pytest.approx(0.1 * 1.00512)
     # KL at half the target: error -.5 clipped to -.2
     assert KLController(0.1, 6.0, 1000).update(3.0, 100) == pytest.approx(0.1 * 0.98)
+
+
+def test_running_moments_equal_the_moments_of_everything_seen():
+    batches = [t([1.0, 2.0, 3.0]), t([10.0]), t([-4.0, 0.5, 7.0, 2.0])]
+    m = RunningMoments()
+    for b in batches:
+        m.update(b)
+    every = torch.cat(batches)
+    assert m.count == 8
+    assert m.mean == pytest.approx(every.mean().item())
+    assert m.std == pytest.approx(every.std(unbiased=False).item())
+    # normalised with the moments so far: mean 0, unit (population) spread over what was seen
+    z = m.normalise(every)
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-6) and z.std(unbiased=False).item() == pytest.approx(1.0)
+    # a first batch of one value: centred, not divided by a zero spread
+    one = RunningMoments()
+    one.update(t([3.0]))
+    assert one.normalise(t([3.0, 5.0])).tolist() == [0.0, 2.0]

@@ -76,7 +76,18 @@ class PPOOptions(Strict):
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     cliprange: float = Field(0.2, gt=0, description="Policy ratio clip.")
     cliprange_value: float = Field(0.2, gt=0, description="Value clip around the rollout values.")
-    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss. The value head shares the policy's "
+                           "trunk, so this is also how much the trunk learns features that predict returns (0.1, "
+                           "TRL's old default, left the critic unable to learn: explained variance stayed below 0).")
+    value_learning_rate: float | None = Field(
+        3e-3, gt=0, description="Learning rate of the value head (a fresh linear layer, started at zero: it needs "
+        "far more than the policy's adapter); null = train.learning_rate.")
+    critic_warmup: int = Field(
+        1, ge=0, description="Iterations at the start that train only the value head (the policy does not move "
+        "until the critic's advantages mean something).")
+    reward_norm: bool = Field(
+        True, description="Normalise scores by their running mean and standard deviation over all iterations so "
+        "far: value targets of a fixed scale whatever the reward model's (the logged `score` stays raw).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
     missing_eos_penalty: float | None = Field(

@@ -30,6 +30,7 @@ what an uninterrupted run computes (tested). The policy runs in eval mode throug
 probability ratio is exactly 1 at the first minibatch of each iteration.
 """
 
+import dataclasses
 import json
 import math
 import random
@@ -81,8 +82,11 @@ class PPOLoop:
         torch.manual_seed(config.train.seed)
         hidden = policy.config.get_text_config().hidden_size
         model = PolicyAndValue(policy, ValueHead(hidden).to(next(policy.parameters()).device))
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.learning_rate,
-                                weight_decay=config.train.weight_decay)
+        head = list(model.value_head.parameters())
+        trunk = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
+        opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": config.value_learning_rate
+                                                     or config.train.learning_rate}],
+                                lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
         updates = config.iterations * config.ppo_epochs * math.ceil(
             config.rollout_batch / (config.train.batch_size * config.train.grad_accum))
         sched = get_scheduler(config.train.lr_scheduler, opt, num_warmup_steps=round(config.train.warmup_ratio * updates),
@@ -91,6 +95,7 @@ class PPOLoop:
         self.ref_model = _prepare_reference(ref_model, self.accelerator)
         self.engine, self.progress = engine, progress
         self.kl = pm.KLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        self.moments = pm.RunningMoments()  # of the scores, for `reward_norm`
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
         self.samples: list[dict[str, Any]] = []
@@ -156,7 +161,14 @@ class PPOLoop:
             ref_logp = reference_logp(self.policy, self.ref_model, b.input_ids, b.attention_mask, T,
                                       cfg.rollout.temperature)
             kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
-            rewards = pm.token_rewards(b.scores, kl, mask, self.kl.coef)
+            scores = b.scores
+            if cfg.reward_norm:  # over every process's scores, so all normalise alike
+                n, total, squares = self.accelerator.reduce(
+                    torch.stack([torch.tensor(float(len(scores)), device=scores.device), scores.sum(),
+                                 (scores**2).sum()]), "sum").tolist()
+                self.moments.update_from(int(n), total / n, max(squares / n - (total / n) ** 2, 0.0))
+                scores = self.moments.normalise(scores)
+            rewards = pm.token_rewards(scores, kl, mask, self.kl.coef)
             if cfg.whiten_rewards:
                 rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
             adv, returns = pm.gae(rewards, old["values"], mask, cfg.gamma, cfg.lam)
@@ -164,18 +176,23 @@ class PPOLoop:
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac",
                                                          "approx_kl")}
         B, mb = len(b.texts), cfg.train.batch_size
+        warmup = it < cfg.critic_warmup  # the critic alone learns; the policy stays as it is
         gen = torch.Generator().manual_seed(_rng_seed(cfg.train.seed, it, 3))
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=gen).tolist()
             for idx in (order[i : i + mb] for i in range(0, B, mb)):
                 i = torch.tensor(idx, device=mask.device)
                 with self.accelerator.accumulate(self.model):  # steps every `grad_accum` minibatches
-                    new = self.model(b.input_ids[i], b.attention_mask[i], T, cfg.rollout.temperature)
+                    new = self.model(b.input_ids[i], b.attention_mask[i], T, cfg.rollout.temperature,
+                                     value_trunk_grad=not warmup)
                     pl, ps = pm.policy_loss(new["logp"], old["logp"][i], adv[i], mask[i], cfg.cliprange)
                     vl, vs = pm.value_loss(new["values"], old["values"][i], returns[i], mask[i], cfg.cliprange_value)
-                    self.accelerator.backward(pl + cfg.vf_coef * vl)
+                    # warm-up: the policy's gradient is zero (kept in the graph: DDP expects every parameter)
+                    self.accelerator.backward((0.0 if warmup else 1.0) * pl + cfg.vf_coef * vl)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                    if warmup:  # no step for the trunk, weight decay included (the scheduler resets the lr)
+                        self.optimizer.param_groups[0]["lr"] = 0.0
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -191,6 +208,8 @@ class PPOLoop:
             "kl": seq_kl, "kl_coef": coef, "entropy": pm.masked_mean(old["entropy"], mask).item(),
             "response_length": lengths.mean().item(), "ended_share": sum(b.ended) / B,
             "explained_variance": pm.explained_variance(old["values"], returns, mask),
+            "returns_mean": pm.masked_mean(returns, mask).item(), "returns_std": pm.masked_var(returns, mask).sqrt().item(),
+            "values_mean": pm.masked_mean(old["values"], mask).item(), "critic_warmup": float(warmup),
             "advantage_mean_raw": pm.masked_mean(adv, mask).item(),
             "lr": self.scheduler.get_last_lr()[0], "rollout_s": t_rollout, "iteration_s": time.time() - t0,
             **{k: sum(v) / len(v) for k, v in stats.items() if v},
@@ -250,6 +269,7 @@ class PPOLoop:
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps({"iteration": self.iteration, "kl_coef": self.kl.coef,
+                                                      "moments": dataclasses.asdict(self.moments),
                                                       "history": self.history, "samples": self.samples}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
@@ -274,6 +294,7 @@ class PPOLoop:
         self.accelerator.load_state(str(path))
         state = json.loads((path / STATE_FILE).read_text())
         self.iteration, self.kl.coef = state["iteration"], state["kl_coef"]
+        self.moments = pm.RunningMoments(**state.get("moments", {}))
         self.history, self.samples = state["history"], state["samples"]
 
 

@@ -156,3 +156,38 @@ class KLController:
             error = max(-0.2, min(0.2, current_kl / self.target - 1))
             self.coef *= 1 + error * n_steps / self.horizon
         return self.coef
+
+
+@dataclass
+class RunningMoments:
+    """Mean and standard deviation of every score seen so far (Chan et al.'s parallel update of Welford's
+    algorithm), to normalise rewards across iterations: the value head then fits targets of a fixed scale
+    whatever the reward model's, as OpenRLHF's `normalize_reward` and TRL's old PPO `whiten` of scores did."""
+
+    mean: float = 0.0
+    var: float = 1.0
+    count: int = 0
+
+    def update(self, xs: torch.Tensor) -> None:
+        n = xs.numel()
+        if n:
+            self.update_from(n, xs.float().mean().item(), xs.float().var(unbiased=False).item() if n > 1 else 0.0)
+
+    def update_from(self, n: int, b_mean: float, b_var: float) -> None:
+        """Merge a batch of `n` values with mean `b_mean` and (population) variance `b_var`."""
+        if n <= 0:
+            return
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    @property
+    def std(self) -> float:
+        return max(self.var, 0.0) ** 0.5
+
+    def normalise(self, xs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """`xs` centred and scaled by the moments (update first, so one batch alone is also scaled)."""
+        if self.count < 2 or self.std < eps:
+            return xs - self.mean
+        return (xs - self.mean) / self.std

@@ -32,7 +32,7 @@ SPEC = StageSpec(
     outputs={"model": "model", "adapter": "adapter", "value_head": "value_head.safetensors",
              "curves": "curves.jsonl", "rollouts": "rollouts.jsonl"},
     optional_outputs=("adapter",),
-    curves=("score", "kl", "entropy", "clipfrac", "value_loss", "explained_variance", "response_length"),
+    curves=("score", "kl", "entropy", "clipfrac", "value_loss", "explained_variance", "returns_std", "response_length"),
     headline=("train_score_first3", "train_score_last3", "train_kl_last3", "explained_variance_last3",
               "train_seconds"),
     progress=("score", "kl"),
