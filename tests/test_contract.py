@@ -17,6 +17,7 @@ from alignment.config import (
     GenerationSpec,
     GRPOStageConfig,
     ModelSpec,
+    PairsStageConfig,
     PPOStageConfig,
     RewardSources,
     RewardStageConfig,
@@ -112,6 +113,8 @@ def runs(tiny_recipe, tmp_path_factory):
                                           generation={"max_new_tokens": 6, "temperature": 1.0}))
             run(FeedbackStageConfig(samples=completions, principles_per_pair=1, chain_of_thought=True,
                                     judge={"model": TINY, "engine": {"kind": "hf"}}))
+            run(PairsStageConfig(samples=completions, reward=RewardSources(model=model(rm), rule={"contains": "e"}),
+                                 min_margin=0.0))
             rl = {"model": TINY, "prompts": DataSpec(path="data/sft_train.jsonl", max_rows=4),
                   "reward": RewardSources(model=model(rm), rule={"contains": "e"}),
                   "rollout": {"temperature": 1.0, "max_new_tokens": 4}}

@@ -39,6 +39,8 @@ from alignment.config.recipes import (  # noqa: F401
 from alignment.config.rl import (  # noqa: F401
     GroupRLOptions,
     GRPOStageConfig,
+    PairsOptions,
+    PairsStageConfig,
     PPOOptions,
     PPOStageConfig,
     RewardMix,

@@ -152,3 +152,19 @@ class GRPOStageConfig(RLStageConfig, GroupRLOptions):
 
 class RLOOStageConfig(RLStageConfig, GroupRLOptions):
     """Everything `alignment.stages.rloo.run` needs."""
+
+
+class PairsOptions(Strict):
+    """On-policy preference pairs (iterative / online DPO): every sampled response is scored by the reward
+    sources; per prompt, the best-scored response is `chosen` and the worst `rejected`."""
+
+    reward: RewardSources = Field(..., description="What scores the responses: a reward model, a rule, a judge "
+                                  "(P(Yes) to its question), or a weighted sum of them.")
+    min_margin: float = Field(0.0, ge=0, description="Keep a prompt's pair only when best − worst score is at "
+                              "least this (reward units): near-ties teach DPO noise.")
+
+
+class PairsStageConfig(StageConfig, PairsOptions):
+    """Everything `alignment.stages.pairs.run` reads; `samples` has two or more responses per prompt."""
+
+    samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
