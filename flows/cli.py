@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> None:
     except RuntimeError as e:  # a stage failed (a launch's last log lines, a server that did not start)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except httpx.TransportError as e:  # the server went away under a command
-        print(f"error: {_server_lost(str(e))}", file=sys.stderr)
+    except httpx.TransportError as e:  # the server went away under a command, or another endpoint failed
+        lost = server.reachable() is not None
+        print(f"error: {_server_lost(str(e)) if lost else f'network: {e}'}", file=sys.stderr)
         sys.exit(1)
 
 

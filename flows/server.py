@@ -179,8 +179,8 @@ def register_flow_run(flow_run_id: str) -> None:
     server dies mid-run, the run's process ends without being able to say so, and the server comes back
     with the run still `Running`; `ensure_server` then marks it `Crashed` (`_mark_orphaned_runs`)."""
     runs = _run_dir() / "flow-runs"
-    runs.mkdir(exist_ok=True)
-    (runs / f"{flow_run_id}.pid").write_text(f"{os.getpid()} {processes.start_time(os.getpid())}")
+    runs.mkdir(exist_ok=True)  # the host too: a shared $ALIGNMENT_HOME must not judge another machine's pids
+    (runs / f"{flow_run_id}.pid").write_text(f"{os.getpid()} {processes.start_time(os.getpid())} {socket.gethostname()}")
 
 
 def _mark_orphaned_runs() -> list[str]:
@@ -190,7 +190,9 @@ def _mark_orphaned_runs() -> list[str]:
     gone = []
     for path in sorted(runs.glob("*.pid")) if runs.is_dir() else []:
         try:
-            pid, started = path.read_text().split()[:2]
+            pid, started, host = (path.read_text().split() + [socket.gethostname()])[:3]
+            if host != socket.gethostname():
+                continue  # another machine's run: not ours to judge
             alive = processes.start_time(int(pid)) == started
         except (OSError, ValueError):
             alive = False
@@ -199,7 +201,7 @@ def _mark_orphaned_runs() -> list[str]:
     if not gone:
         return []
     from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
     from prefect.states import Crashed
 
     marked = []
@@ -208,15 +210,14 @@ def _mark_orphaned_runs() -> list[str]:
             for path in gone:
                 try:
                     run = c.read_flow_run(path.stem)
-                except (ObjectNotFound, ValueError):  # another server's run, or not a run id
-                    path.unlink(missing_ok=True)
-                    continue
-                if run.state is not None and not run.state.is_final():
-                    c.set_flow_run_state(run.id, Crashed(message=(
-                        "its process ended while it was running (the Prefect server or the process was stopped "
-                        "or killed); the stages it finished are committed in the store and a rerun reuses them")),
-                        force=True)
-                    marked.append(run.name)
+                    if run.state is not None and not run.state.is_final():
+                        c.set_flow_run_state(run.id, Crashed(message=(
+                            "its process ended while it was running (the Prefect server or the process was "
+                            "stopped or killed); the stages it finished are committed in the store and a rerun "
+                            "reuses them")), force=True)
+                        marked.append(run.name)
+                except (ObjectNotFound, ValueError, PrefectHTTPStatusError):  # another server's run, not a run id
+                    pass
                 path.unlink(missing_ok=True)
     except Exception as e:  # noqa: BLE001 - bookkeeping must never keep the server from being used
         print(f"warning: could not check for runs left Running by a crash: {e}", file=sys.stderr)
@@ -236,7 +237,10 @@ def reachable(timeout: float = 10.0) -> Exception | None:
     def plain(secret) -> str:  # a str or a pydantic SecretStr, by Prefect version
         return secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret or "")
 
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
     url, auth, key = PREFECT_API_URL.value(), plain(PREFECT_API_AUTH_STRING.value()), plain(PREFECT_API_KEY.value())
+    verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else (PREFECT_API_SSL_CERT_FILE.value() or True)
     headers = {}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
@@ -245,7 +249,7 @@ def reachable(timeout: float = 10.0) -> Exception | None:
     if not url:
         return RuntimeError("no Prefect API configured")
     try:
-        httpx.get(url.rstrip("/") + "/health", headers=headers, timeout=timeout).raise_for_status()
+        httpx.get(url.rstrip("/") + "/health", headers=headers, timeout=timeout, verify=verify).raise_for_status()
     except httpx.HTTPError as e:
         return e
     return None

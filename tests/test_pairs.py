@@ -45,6 +45,8 @@ def test_best_against_worst_with_near_ties_and_identical_responses_dropped(store
     assert r.metrics["mean_margin"] == pytest.approx(3.5)
     scores = [json.loads(line) for line in open(Path(r.path) / "scores.jsonl")]
     assert len(scores) == 12 and scores[2] == {**scores[2], "response": "green pear, ripe", "score": 4.0, "rule": 4.0}
+    # exact ties never make a pair, even with min_margin 0 (sample order would pick `chosen`)
+    assert pairs.run(config(samples_file(tmp_path), min_margin=0.0)).metrics["pairs_dropped_margin"] == 1
     # what DPO reads: valid preference data, every pair kept
     assert len(load_data(DataSpec(path=str(Path(r.path) / "preferences.jsonl")), "preference").rows) == 2
 

@@ -64,13 +64,19 @@ def test_the_critic_learns_explained_variance_rises(prompt_file):
 
 def test_critic_warmup_trains_the_value_head_alone(prompt_file):
     """During `critic_warmup` iterations the policy's weights do not move; the value head's do."""
-    loop = make_loop(ppo_config(prompt_file, iterations=1, critic_warmup=1))
+    cfg = ppo_config(prompt_file, iterations=2, critic_warmup=1,
+                     train={"learning_rate": 1e-3, "batch_size": 8, "weight_decay": 0.1})  # decay must not move it
+    loop = make_loop(cfg)
     before = {k: v.clone() for k, v in loop.trainable_state().items()}
-    loop.train()
-    after = loop.trainable_state()
+    loop.train(stop_after=1)
+    after = {k: v.clone() for k, v in loop.trainable_state().items()}  # on a CPU, the live tensors otherwise
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("value_head.") for k in moved), sorted(moved)[:5]
     assert loop.history[0]["critic_warmup"] == 1.0
+    loop.train()  # the policy moves once warm-up is over
+    assert any(not torch.equal(after[k], v) for k, v in loop.trainable_state().items() if k.startswith("policy."))
+    assert make_loop(ppo_config(prompt_file, iterations=1, critic_warmup=3)).train()[0]["critic_warmup"] == 0.0, \
+        "warm-up stops one iteration short of the end: the policy always trains"
 
 
 def test_first_minibatch_is_on_policy(prompt_file):

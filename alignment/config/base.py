@@ -4,7 +4,7 @@ from enum import StrEnum
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -125,15 +125,16 @@ class EngineKind(StrEnum):
 
 
 def recorded_url(url: str | None) -> str | None:
-    """A URL as configs, manifests, logs and errors record it: scheme, host, port and path; never a
-    user, password, query or fragment (where keys end up when pasted from a provider's console)."""
+    """A URL as messages show it: scheme, host, port and path; never a user, password, query or fragment
+    (where keys end up when pasted from a provider's console). A URL too broken to split shows as `<url>`."""
     if not url:
         return url
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"[{host}]" if ":" in host else host
-    if parts.port:
-        netloc += f":{parts.port}"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "<url>"
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -155,16 +156,16 @@ class EngineSpec(Strict):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"{recorded_url(url)!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
-        if parts.username or parts.password:
-            raise ValueError(f"{recorded_url(url)!r} carries a user or password, which would be recorded in "
-                             "configs, logs and the Prefect UI; put the key in the environment variable named by "
-                             "engine.api_key_env instead")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(f"{recorded_url(url)!r} carries a user, password, query or fragment, which would be "
+                             "recorded in configs, logs and the Prefect UI (and the engine appends its paths to the "
+                             "URL); put the key in the environment variable named by engine.api_key_env instead")
+        try:
+            parts.port  # noqa: B018 - raises on a port out of range
+        except ValueError as e:
+            raise ValueError(f"{recorded_url(url.split('@')[-1].split('?')[0])!r}: {e}") from None
         return url
 
-    @field_serializer("base_url")
-    def _record(self, url: str | None, info):
-        """Dumped with ``context={"record": True}`` (config.json, manifests): without query or fragment."""
-        return recorded_url(url) if (info.context or {}).get("record") else url
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=0.95, description="vLLM: share of device memory it reserves. Unset: 0.5 on a GPU; on "
         "a CPU (where it is a share of system memory) 8 GiB worth, so it starts beside other work.")

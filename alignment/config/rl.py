@@ -84,10 +84,11 @@ class PPOOptions(Strict):
         "far more than the policy's adapter); null = train.learning_rate.")
     critic_warmup: int = Field(
         1, ge=0, description="Iterations at the start that train only the value head (the policy does not move "
-        "until the critic's advantages mean something).")
+        "until the critic's advantages mean something); at most iterations − 1, so the policy always trains.")
     reward_norm: bool = Field(
         True, description="Normalise scores by their running mean and standard deviation over all iterations so "
-        "far: value targets of a fixed scale whatever the reward model's (the logged `score` stays raw).")
+        "far: value targets of a fixed scale whatever the reward model's (the logged `score` stays raw). "
+        "`kl_coef` then weighs KL against scores of unit spread.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     whiten_rewards: bool = Field(False, description="Whiten per-token rewards before GAE.")
     missing_eos_penalty: float | None = Field(

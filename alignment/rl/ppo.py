@@ -163,10 +163,10 @@ class PPOLoop:
             kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
             scores = b.scores
             if cfg.reward_norm:  # over every process's scores, so all normalise alike
-                n, total, squares = self.accelerator.reduce(
-                    torch.stack([torch.tensor(float(len(scores)), device=scores.device), scores.sum(),
-                                 (scores**2).sum()]), "sum").tolist()
-                self.moments.update_from(int(n), total / n, max(squares / n - (total / n) ** 2, 0.0))
+                n, total = self.accelerator.reduce(torch.stack([torch.tensor(float(len(scores)), device=scores.device),
+                                                                scores.sum()]).double(), "sum").tolist()
+                spread = self.accelerator.reduce(((scores.double() - total / n) ** 2).sum(), "sum").item()
+                self.moments.update_from(int(n), total / n, spread / n)
                 scores = self.moments.normalise(scores)
             rewards = pm.token_rewards(scores, kl, mask, self.kl.coef)
             if cfg.whiten_rewards:
@@ -176,7 +176,7 @@ class PPOLoop:
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac",
                                                          "approx_kl")}
         B, mb = len(b.texts), cfg.train.batch_size
-        warmup = it < cfg.critic_warmup  # the critic alone learns; the policy stays as it is
+        warmup = it < min(cfg.critic_warmup, cfg.iterations - 1)  # the critic alone; the policy always trains after
         gen = torch.Generator().manual_seed(_rng_seed(cfg.train.seed, it, 3))
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(B, generator=gen).tolist()
@@ -187,12 +187,12 @@ class PPOLoop:
                                      value_trunk_grad=not warmup)
                     pl, ps = pm.policy_loss(new["logp"], old["logp"][i], adv[i], mask[i], cfg.cliprange)
                     vl, vs = pm.value_loss(new["values"], old["values"][i], returns[i], mask[i], cfg.cliprange_value)
+                    if warmup:  # no step for the trunk, weight decay included; set before backward, inside
+                        self.optimizer.param_groups[0]["lr"] = 0.0  # which DeepSpeed steps (the scheduler resets it)
                     # warm-up: the policy's gradient is zero (kept in the graph: DDP expects every parameter)
                     self.accelerator.backward((0.0 if warmup else 1.0) * pl + cfg.vf_coef * vl)
                     if self.accelerator.sync_gradients:
                         self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                    if warmup:  # no step for the trunk, weight decay included (the scheduler resets the lr)
-                        self.optimizer.param_groups[0]["lr"] = 0.0
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)

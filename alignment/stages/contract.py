@@ -37,7 +37,6 @@ records what each `auto` became.
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -73,7 +72,6 @@ from alignment.config import (
     ModelSpec,
     StageConfig,
 )
-from alignment.config.base import recorded_url
 from alignment.training import SCRATCH, Progress
 
 
@@ -161,12 +159,6 @@ def hashed_value(value: Any) -> Any:
         return model_identity(value)
     if isinstance(value, ArtifactRef):
         return {"artifact": artifact_identity(value.path)}
-    if isinstance(value, EngineSpec) and value.base_url:  # the manifest records the URL without its query
-        shown = {name: hashed_value(getattr(value, name)) for name in type(value).model_fields}
-        shown["base_url"] = recorded_url(value.base_url)
-        if (rest := value.base_url.partition("?")[2]):  # keyed by a hash of the query, not the query
-            shown["base_url_query_sha256"] = hashlib.sha256(rest.encode()).hexdigest()[:16]
-        return shown
     if isinstance(value, BaseModel):
         return {name: hashed_value(getattr(value, name)) for name in type(value).model_fields}
     if isinstance(value, dict):
@@ -349,7 +341,7 @@ class Job:
             raise ContractError(f"stage {self.spec.name}: launched {self.launch.num_processes} processes but "
                                 f"training ran as {seen}; on a CPU the trainer needs use_cpu=True (alignment.training)")
         trains = "launch" in type(self.config).model_fields
-        (out / "config.json").write_text(self.config.model_dump_json(indent=2, context={"record": True}))
+        (out / "config.json").write_text(self.config.model_dump_json(indent=2))
         write_manifest(out, stage=self.spec.name, key=self.key, identity=self.identity,
                        inputs=lineage(self.config), metrics=metrics, started=self.started,
                        run_context=self.context.run, resolved=self.resolved,

@@ -1,7 +1,7 @@
 """On-policy preference pairs, the labelling step of iterative (online) DPO: a policy's sampled responses
 (the `generate` stage with ``num_samples`` ≥ 2) are scored by the reward sources (a reward model, a rule,
 an LLM judge's P(Yes), or their weighted sum: ``alignment.rewards``), and for each prompt the best-scored
-response becomes `chosen` and the worst `rejected` (Xiong et al. 2024, "Iterative Preference Learning
+response becomes `chosen` and the worst `rejected` (ties never make a pair) (Xiong et al. 2024, "Iterative Preference Learning
 from Human Feedback"; Dong et al. 2024, "RLHF Workflow"). Pairs whose score gap is under ``min_margin``,
 and prompts whose responses are all the same text, are dropped and counted.
 
@@ -67,7 +67,7 @@ def pair(out: Path, config: PairsStageConfig, groups: list[tuple[list, list[str]
                 identical += 1
                 continue
             margin = scores[best] - scores[worst]
-            if margin < config.min_margin:
+            if margin <= 0 or margin < config.min_margin:  # a tie would pick `chosen` by sample order
                 dropped += 1
                 continue
             prefs.write(json.dumps({"prompt": prompt, "chosen": [{"role": "assistant", "content": responses[best]}],
