@@ -17,6 +17,7 @@ import hashlib
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -240,7 +241,11 @@ def reachable(timeout: float = 10.0) -> Exception | None:
     from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
 
     url, auth, key = PREFECT_API_URL.value(), plain(PREFECT_API_AUTH_STRING.value()), plain(PREFECT_API_KEY.value())
-    verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else (PREFECT_API_SSL_CERT_FILE.value() or True)
+    verify: bool | ssl.SSLContext = True  # Prefect's TLS settings, for an https server with a private CA
+    if (url or "").startswith("https:"):
+        cert = PREFECT_API_SSL_CERT_FILE.value()
+        verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else (
+            ssl.create_default_context(cafile=cert) if cert else True)
     headers = {}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
