@@ -51,7 +51,8 @@ def test_a_server_killed_mid_run_ends_the_run_clearly_and_a_rerun_reuses_what_wa
     out = (tmp_path / "first.log").read_text()
     assert rc == 1, out[-3000:]
     assert "error: lost the Prefect server" in out and "committed stages are reused" in out, out[-3000:]
-    assert "stopped answering before" in out, "the chain stopped before a stage, not inside one"
+    # where the kill lands decides who notices first: the chain before its next stage ("stopped answering
+    # before ..."), or Prefect's own client inside a task; either way the run ends with the message above
     assert ended_after < 300, f"the run took {ended_after:.0f} s to end after the server died"
 
     store = home / "store"
