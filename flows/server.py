@@ -113,12 +113,17 @@ def probe(timeout: float = 2.0) -> str:
             held = s.connect_ex((parsed.hostname or "127.0.0.1", parsed.port or 80)) == 0
         return "foreign" if held else "down"
     token = os.environ.get("PREFECT_API_AUTH_STRING") or credential()
-    auth = {"Authorization": "Basic " + base64.b64encode(token.encode()).decode()}
+    auth = basic_auth(token)
     try:
         with urlopen(Request(f"{url}/admin/version", headers=auth), timeout=timeout) as r:
             return "ours" if r.status == 200 else "foreign"
     except (URLError, OSError, ValueError):
         return "foreign"
+
+
+def basic_auth(credential: str) -> dict[str, str]:
+    """The header a client of the locked API sends (what Prefect's client does with PREFECT_API_AUTH_STRING)."""
+    return {"Authorization": "Basic " + base64.b64encode(credential.encode()).decode()}
 
 
 def healthy(timeout: float = 2.0) -> bool:
@@ -248,7 +253,7 @@ def reachable(timeout: float = 10.0) -> Exception | None:
             ssl.create_default_context(cafile=cert) if cert else True)
     headers = {}
     if auth:
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        headers.update(basic_auth(auth))
     elif key:
         headers["Authorization"] = f"Bearer {key}"
     if not url:

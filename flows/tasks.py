@@ -39,16 +39,16 @@ def _progress_hook(stage: StageSpec, label: str):
     def report(call, **kwargs):
         if broken:
             return None
-        if call is create_progress_artifact and (err := reachable()) is not None:
-            broken.append(err)  # no minute of client retries before the stage starts
-            logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, err)
-            return None
         try:
             return call(**kwargs)
         except Exception as e:  # noqa: BLE001 - httpx/Prefect errors of an unreachable API
             broken.append(e)
             logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, e)
             return None
+
+    if (err := reachable()) is not None:  # known at once, not after the client's retries
+        broken.append(err)
+        logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, err)
 
     artifact_id = report(create_progress_artifact, progress=0.0, key=f"{label.replace('_', '-')}-progress",
                          description=f"{label}: progress")
