@@ -11,6 +11,7 @@
     alignment verify [STAGE/KEY ...] [--fix]  check stored artifacts against their manifests (sha256)
     alignment model fetch [NAME]              fetch and convert a built-in model into the cache
     alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
+    alignment approve RUN_ID [--reject]       answer a run waiting for approval before promotion
     alignment stop                            stop the serve process and the server
     alignment constitution validate|show|diff|import ...   check, print, compare or import constitutions
 """
@@ -48,10 +49,11 @@ def cmd_serve(a) -> None:
         from flows.policy import ALLOW
 
         os.environ[ALLOW] = "1"
-    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe)
+    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe, a.iterative_recipe)
     st = server.status()
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
-          f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}) and rlhf ({a.rlhf_recipe!r}); logs in {st['logs']}\n"
+          f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}), rlhf ({a.rlhf_recipe!r}) and iterative-dpo "
+          f"({a.iterative_recipe!r}); logs in {st['logs']}\n"
           "Run:  prefect deployment run sft-to-dpo/sft-to-dpo --watch   (or constitutional-ai/..., rlhf/rlhf)")
 
 
@@ -72,6 +74,7 @@ def cmd_run(a) -> None:
         raise RuntimeError(_server_lost(state.message or ""))
     summary(str(state.state_details.flow_run_id))
     if not state.is_completed():
+        print(f"error: {state.message}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -88,7 +91,7 @@ def cmd_stage(a) -> None:
 
 
 def _latest_run_id() -> str | None:
-    """The latest run of any of the project's flows (sft-to-dpo, constitutional-ai, rlhf)."""
+    """The latest run of any of the project's flows (sft-to-dpo, constitutional-ai, rlhf, iterative-dpo)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
@@ -162,6 +165,9 @@ def wait(run_id: str | None, poll: float = 2.0) -> bool:
             line = f"{run.state_name}  " + "  ".join(parts)
             if line != last:
                 print(f"[{time.time() - t0:6.0f} s] {line}", flush=True)
+                if run.state and run.state.is_paused() and not last.startswith("Paused"):
+                    print(f"waiting for approval: press Resume on the run's page in the UI, or `alignment approve "
+                          f"{run.id}` (--reject to refuse)", flush=True)
                 last = line
             if run.state and run.state.is_final():
                 if not run.state.is_completed():
@@ -271,6 +277,28 @@ def cmd_constitution(a) -> None:
             print(text)
 
 
+def cmd_approve(a) -> None:
+    """Answer a run paused for approval (`promote.approval`), as the UI's Resume form does."""
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+
+    try:
+        run_id = UUID(a.run_id)
+    except ValueError:
+        raise ValueError(f"approve: {a.run_id!r} is not a flow run id (`alignment status` lists runs)") from None
+    from prefect.exceptions import NotPausedError, ObjectNotFound
+
+    try:
+        resume_flow_run(run_id, run_input={"approve": not a.reject, "reviewer": a.reviewer, "comment": a.comment})
+    except ObjectNotFound:
+        raise ValueError(f"approve: no flow run {run_id} on this server (`alignment status` lists runs)") from None
+    except NotPausedError:
+        raise ValueError(f"approve: flow run {run_id} is not waiting for approval (only a run paused before "
+                         "`promote` is)") from None
+    print(f"{'rejected' if a.reject else 'approved'} flow run {run_id}; it resumes within a few seconds")
+
+
 def cmd_stop(a) -> None:
     for name, stopped in server.stop_all().items():
         print(f"{name}: {'stopped' if stopped else 'not running'}")
@@ -284,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--recipe", default="sft-to-dpo", help="recipe the sft-to-dpo deployments serve")
     s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
     s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
+    s.add_argument("--iterative-recipe", default="iterative-dpo", help="recipe the iterative-dpo deployments serve")
     s.add_argument("--allow-unsafe-parameters", action="store_true",
                    help="let deployment runs turn on trust_remote_code, change engine URLs/keys and name files "
                    "outside the project (only where every caller of the API is trusted)")
@@ -292,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--pool", required=True, help="work pool (created as a `process` pool if missing)")
     s.add_argument("--recipe", action="append", help="recipes to deploy (default: one per flow)")
     s.set_defaults(fn=cmd_deploy)
-    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai or rlhf) in this process")
+    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai, rlhf or iterative-dpo) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
     s.add_argument("--refresh", action="append", default=[],
-                   help="stage or step to force, e.g. dpo, feedback or reward")
+                   help="stage or step to force, e.g. dpo, feedback, reward or round-2 (that round and the later ones)")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("stage", help="run one stage alone from a stage config YAML")
     s.add_argument("stage", choices=stages.names())
@@ -326,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="as JSON deployment parameters ({'recipe': ...})")
     s.add_argument("-p", "--param", action="append", default=[])
     s.set_defaults(fn=cmd_recipe)
+    s = sub.add_parser("approve", help="approve (or --reject) a run paused for approval before promotion")
+    s.add_argument("run_id")
+    s.add_argument("--reject", action="store_true", help="reject: nothing is promoted")
+    s.add_argument("--reviewer", default=os.environ.get("USER", ""), help="who decides (default: $USER)")
+    s.add_argument("--comment", default="", help="why (kept in the release record)")
+    s.set_defaults(fn=cmd_approve)
     sub.add_parser("stop", help="stop the serve process and the server").set_defaults(fn=cmd_stop)
     s = sub.add_parser("constitution", help="validate, show, diff or import constitutions",
                        description="validate [FILES|DIRS]; show FILE; diff OLD NEW; import CRITIQUE_REVISION.json "

@@ -6,7 +6,9 @@
 initial answers (generate) → critique_revise (SL-CAI) → sft on the revisions mixed with helpful data →
 two samples per prompt from the SL-CAI model (generate) → feedback (RL-CAI soft labels) → RL-CAI:
 `rl_method: dpo` trains DPO on the AI preferences; `rl_method: ppo` is the paper's method, a preference
-model trained on the soft labels (`preference_model`) and PPO against it on the red-team prompts.
+model trained on the soft labels (`preference_model`) and PPO against it on the red-team prompts;
+`rl_method: iterative-dpo` repeats sample → feedback → DPO from the current policy in rounds
+(`round-<n>-*`, ``flows.rounds``), stopping when the held-out score stops improving.
 Held-out answers of the helpful, SL-CAI and RL-CAI models (`respond_*`) → calibrate → evaluate_sl
 (SL-CAI vs the helpful model, "before") and evaluate_rl (RL-CAI vs SL-CAI, "after"); with `ppo` the
 preference model scores the held-out answers too.
@@ -15,7 +17,7 @@ the initial answers come from cache. No ML logic here; stages live in ``alignmen
 """
 
 # No `from __future__ import annotations`: Prefect needs real annotations for pydantic parameters.
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -36,20 +38,33 @@ from alignment.config.loader import validate_model
 from alignment.constitution import load_constitution
 from alignment.data import load_data
 from alignment.stages import spec
-from flows import cai_reports, evaluation, policy, reports
+from flows import cai_reports, evaluation, gates, policy, reports, rounds
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
 FLOW = "constitutional-ai"
 STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
          "preference_model", "rl_cai", "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl")
-Step = Literal[STEPS]  # type: ignore[valid-type]  (the UI offers these in `refresh`)
+
+
+ROUND_PARTS = ("generate", "feedback", "dpo", "respond", "evaluate")  # rl_method iterative-dpo (flows.rounds)
 
 
 def steps(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
-    """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
+    """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for); with
+    `rl_method: iterative-dpo` the rounds (`round-<n>`) replace samples, feedback and rl_cai."""
     core = tuple(s for s in STEPS[:10] if s != "preference_model" or recipe.rl_method == "ppo")
+    if recipe.rl_method == "iterative-dpo":
+        core = (*STEPS[:5], *rounds.round_steps(recipe.iterate.rounds), "respond_rl_cai")
     return core + evaluation.steps(recipe, ("evaluate_sl", "evaluate_rl"))
+
+
+def gate_labels(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
+    """Every step label a run may show (what gates may name)."""
+    if recipe.rl_method != "iterative-dpo":
+        return steps(recipe)
+    return (tuple(s for s in steps(recipe) if not s.startswith("round-"))
+            + rounds.round_labels(recipe.iterate.rounds, ROUND_PARTS))
 
 
 def preflight(recipe: ConstitutionalAIRecipe) -> None:
@@ -72,13 +87,17 @@ def data_of(result: dict, stage: str, output: str) -> DataSpec:
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
 @flow(name=FLOW, log_prints=False, persist_result=False,
       description="Constitutional AI: critique → revision (SL-CAI), AI feedback (RL-CAI), DPO, evaluation.")
-def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None = None,
+@gates.gated
+def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None = None,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or reuse) every step; `refresh` forces steps (``round-<n>``: that round and the later ones,
+    with `rl_method: iterative-dpo`); `overrides` sets dotted keys."""
     if overrides:
         recipe = validate_model(recipe.model_dump(mode="json"), ConstitutionalAIRecipe, "overrides", overrides=overrides)
     policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
-    chain = Chain(list(refresh or []))
+    chain = Chain(rounds.expand_refresh(refresh, steps(recipe), recipe.iterate.rounds, ROUND_PARTS),
+                  gates=gates.check_recipe(recipe, gate_labels(recipe)))
     run = chain.run
     helpful_answers = run("respond_helpful", respond_config(recipe, recipe.model))
     initial = run("initial", GenerateStageConfig(model=recipe.model, prompts=recipe.redteam_prompts,
@@ -96,6 +115,8 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
     sl = model_from(run("sl_cai", SFTStageConfig(model=recipe.model, data=data_of(revised, "critique_revise", "sft"),
                                                  **options(recipe.sft, recipe))), recipe.model)
     sl_answers = run("respond_sl_cai", respond_config(recipe, sl))
+    if recipe.rl_method == "iterative-dpo":
+        return _iterated(chain, recipe, revised, sl, sl_answers, helpful_answers)
     samples = run("samples", GenerateStageConfig(model=sl, prompts=recipe.redteam_prompts, engine=recipe.engine,
                                                  num_samples=2, generation=recipe.samples))
     labels = run("feedback", FeedbackStageConfig(samples=data_of(samples, "generate", "completions"),
@@ -109,10 +130,35 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[Step] | None
             model=sl, data=preferences, **options(recipe.preference_model, recipe))), recipe.model)
         rl = run("rl_cai", PPOStageConfig(model=sl, prompts=recipe.redteam_prompts,
                                           reward=RewardSources(model=preference_model), **options(recipe.ppo, recipe)))
-    rl_answers = run("respond_rl_cai", respond_config(recipe, model_from(rl, recipe.model)))
+    rl_model = model_from(rl, recipe.model)
+    rl_answers = run("respond_rl_cai", respond_config(recipe, rl_model))
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=preference_model)
+    return _finish(chain, recipe, revised, rl_model)
+
+
+def _iterated(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, sl, sl_answers: dict, helpful_answers: dict):
+    """RL-CAI as rounds: samples of the current policy → the constitution's feedback → DPO, each round's
+    held-out answers scored against the SL-CAI model's (`flows.rounds`)."""
+    def feedback(n: int, samples: DataSpec):
+        return "feedback", FeedbackStageConfig(samples=samples, constitution=recipe.constitution,
+                                               **dict(recipe.feedback))
+
+    reward_model = recipe.evaluate.reward_model if recipe.evaluate is not None else None
+    outcome = rounds.run(chain, recipe, recipe.iterate, recipe.dpo, sl, sl_answers, recipe.redteam_prompts,
+                         feedback, reward_model)
+    rl_model = outcome.model(sl)
+    rl_answers = chain.run("respond_rl_cai", respond_config(recipe, rl_model),  # the best round's answers (cached)
+                           same_as=rounds.label(outcome.best, "respond") if outcome.best else "respond_sl_cai")
+    evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
+                   reward_model=reward_model)
+    rounds.publish(FLOW, outcome)
+    return _finish(chain, recipe, revised, rl_model, extra={"best_round": outcome.best, "stopped": outcome.stopped})
+
+
+def _finish(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, rl_model, extra: dict | None = None):
     headline = reports.publish(FLOW, chain.results, chain.states)
     cai_reports.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
                         create_table_artifact)
-    return {"stages": chain.summary(), "metrics": headline}
+    release = gates.release(chain, recipe, FLOW, rl_model, headline)
+    return {"stages": chain.summary(), "metrics": headline, "release": release, **(extra or {})}

@@ -60,7 +60,7 @@ def deploy(pool: str, recipes: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", required=True, help="work pool name (created as a `process` pool if missing)")
-    p.add_argument("--recipe", action="append", help="recipes to deploy (default: sft-to-dpo, constitutional-ai, rlhf)")
+    p.add_argument("--recipe", action="append", help="recipes to deploy (default: sft-to-dpo, constitutional-ai, rlhf, iterative-dpo)")
     args = p.parse_args(argv)
     names = deploy(args.pool, args.recipe or list(FLOWS))
     print(f"deployed {len(names)} deployments to pool {args.pool!r}: {', '.join(names[:3])}, ...\n"

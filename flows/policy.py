@@ -6,7 +6,9 @@ from a deployment is refused, before any stage, naming the key, when its recipe 
 - turns on `trust_remote_code` anywhere the served recipe does not;
 - changes an engine's `base_url` or `api_key_env` from the served recipe's;
 - names a local file or directory (data, constitution, model, accelerate config) outside the project and
-  `$ALIGNMENT_HOME`.
+  `$ALIGNMENT_HOME`;
+- changes `gates` or `promote` (a caller could otherwise drop a gate, skip the approval or push to
+  another hub repository).
 
 The serving process may allow all of this explicitly (`alignment serve --allow-unsafe-parameters`, which
 sets ``ALIGNMENT_ALLOW_UNSAFE_PARAMETERS=1`` for its runs). Runs started in-process (`alignment run`) are
@@ -73,13 +75,26 @@ def problems(value: Any, served: dict[str, Any], where: str = "") -> list[str]:
     return out
 
 
+def release_problems(recipe: BaseModel, served: dict[str, Any]) -> list[str]:
+    """Gates and promotion are the serving machine's: a caller may not drop a gate or skip the approval."""
+    out = []
+    gates = [g.model_dump(mode="json") for g in getattr(recipe, "gates", [])]
+    if gates != (served.get("gates") or []):
+        out.append("gates (differ from the served recipe's: a caller may not remove or loosen them)")
+    promote = getattr(recipe, "promote", None)
+    if (promote.model_dump(mode="json") if promote is not None else None) != served.get("promote"):
+        out.append("promote (differs from the served recipe's: approval, release name and hub repository)")
+    return out
+
+
 def check(recipe: BaseModel) -> None:
     """Refuse a deployment run's recipe that sets what only the serving machine may (see the module)."""
     from prefect.runtime import deployment
 
     if deployment.id is None or os.environ.get(ALLOW) == "1":
         return
-    found = problems(recipe, _served_recipe(deployment.id))
+    served = _served_recipe(deployment.id)
+    found = problems(recipe, served) + release_problems(recipe, served)
     if found:
         raise PolicyError("deployment parameters may not set: " + "; ".join(found) + ". Run it in-process "
                           "(`alignment run`), or serve with `alignment serve --allow-unsafe-parameters` on a machine "

@@ -1,5 +1,6 @@
 """Which flow a recipe belongs to: recipes named ``constitutional-ai*.yaml`` drive the constitutional-ai
-flow, ``rlhf*.yaml`` the rlhf flow, every other recipe drives sft-to-dpo. One place that maps names to flows, recipe models and
+flow, ``rlhf*.yaml`` the rlhf flow, ``iterative-dpo*.yaml`` the iterative-dpo flow, every other recipe
+drives sft-to-dpo. One place that maps names to flows, recipe models and
 preflight checks, for the CLI, the serve process and the tests."""
 
 from importlib import import_module
@@ -8,19 +9,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alignment.config import ConstitutionalAIRecipe, RLHFRecipe, SftToDpoRecipe
+from alignment.config import ConstitutionalAIRecipe, IterativeDPORecipe, RLHFRecipe, SftToDpoRecipe
 from alignment.config.loader import load_yaml_model, recipe_path
 
 FLOWS: dict[str, tuple[str, str, type[BaseModel]]] = {
     "sft-to-dpo": ("flows.sft_to_dpo", "sft_to_dpo", SftToDpoRecipe),
     "constitutional-ai": ("flows.constitutional_ai", "constitutional_ai", ConstitutionalAIRecipe),
     "rlhf": ("flows.rlhf", "rlhf", RLHFRecipe),
+    "iterative-dpo": ("flows.iterative_dpo", "iterative_dpo", IterativeDPORecipe),
 }
 
 
 def flow_name_for(path: Path) -> str:
     stem = Path(path).stem
-    for flow in ("constitutional-ai", "rlhf"):
+    for flow in ("constitutional-ai", "rlhf", "iterative-dpo"):
         if stem.startswith(flow):
             return flow
     return "sft-to-dpo"
@@ -42,9 +44,13 @@ def flow_function(flow: str):
 
 
 def preflight(flow: str, recipe: BaseModel) -> None:
-    """The flow's own checks (every data file, constitution, calibration set), then every model path and
-    launch config the recipe names: all before any model loads."""
-    flow_module(flow).preflight(recipe)
+    """The flow's own checks (every data file, constitution, calibration set), the gates' steps, then every
+    model path and launch config the recipe names: all before any model loads."""
+    from flows.gates import check_recipe
+
+    module = flow_module(flow)
+    module.preflight(recipe)
+    check_recipe(recipe, getattr(module, "gate_labels", module.steps)(recipe))
     check_paths(recipe)
 
 

@@ -22,6 +22,7 @@ from alignment.training import read_curves
 
 SPARK = "▁▂▃▄▅▆▇█"
 RESPOND_PREFIX = "respond_"  # a respond step labelled respond_<name> is the table's column <name>
+RESPOND_SUFFIX = "-respond"  # ... and one labelled <name>-respond (round-2-respond) the column <name>
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -121,7 +122,7 @@ def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
 
 def responses_table(results: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """Held-out prompts, one column per respond step (in run order), named after its label."""
-    columns = {label.removeprefix(RESPOND_PREFIX): respond.read_responses(r).get("heldout", [])
+    columns = {label.removeprefix(RESPOND_PREFIX).removesuffix(RESPOND_SUFFIX): respond.read_responses(r).get("heldout", [])
                for label, r in results.items() if r["stage"] == respond.SPEC.name}
     first = next((rows for rows in columns.values() if rows), [])
     table = []

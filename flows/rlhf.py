@@ -29,7 +29,7 @@ from alignment.config import (
 )
 from alignment.config.loader import validate_model
 from alignment.stages import reward, sft
-from flows import evaluation, policy, reports
+from flows import evaluation, gates, policy, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -78,6 +78,7 @@ def preflight(recipe: RLHFRecipe) -> None:
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
 @flow(name=FLOW, log_prints=False, persist_result=False,
       description="RLHF: SFT, reward model, PPO/GRPO/RLOO, then evaluation against the SFT model.")
+@gates.gated
 def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps (and so everything after them); `overrides`
@@ -86,7 +87,7 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
         recipe = validate_model(recipe.model_dump(mode="json"), RLHFRecipe, "overrides", overrides=overrides)
     policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
-    chain = Chain(list(refresh or []))
+    chain = Chain(list(refresh or []), gates=gates.check_recipe(recipe, steps(recipe)))
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     sft_model = None
     if recipe.sft is not None:
@@ -98,4 +99,5 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, trained))
     evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
     headline = reports.publish(FLOW, chain.results, chain.states)
-    return {"stages": chain.summary(), "metrics": headline}
+    release = gates.release(chain, recipe, FLOW, trained, headline)
+    return {"stages": chain.summary(), "metrics": headline, "release": release}

@@ -10,6 +10,8 @@ Deployments (Prefect names are FLOW/DEPLOYMENT):
     constitutional-ai/rerun-<step>         likewise, per step of the recipe (initial, critique_revise, sl_cai, ...)
     rlhf/rlhf                              SFT → reward model → PPO (or GRPO/RLOO) → evaluate
     rlhf/rerun-<step>                      likewise, per step of the recipe (sft, reward, ppo, evaluate, ...)
+    iterative-dpo/iterative-dpo            rounds of sample → reward-model pairs → DPO, early stopping
+    iterative-dpo/rerun-round-<n>          round n and every round after it again (earlier rounds from cache)
 """
 
 import argparse
@@ -38,9 +40,9 @@ def _for(recipe_name: str, expected: str) -> list:
 
 
 def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai",
-                rlhf_recipe: str = "rlhf") -> list:
+                rlhf_recipe: str = "rlhf", iterative_recipe: str = "iterative-dpo") -> list:
     return (_for(recipe_name, "sft-to-dpo") + _for(cai_recipe, "constitutional-ai")
-            + _for(rlhf_recipe, "rlhf"))
+            + _for(rlhf_recipe, "rlhf") + _for(iterative_recipe, "iterative-dpo"))
 
 
 def main() -> None:
@@ -48,9 +50,10 @@ def main() -> None:
     p.add_argument("--recipe", default="sft-to-dpo", help="sft-to-dpo recipe (name under flows/recipes/ or path)")
     p.add_argument("--cai-recipe", default="constitutional-ai", help="constitutional-ai recipe")
     p.add_argument("--rlhf-recipe", default="rlhf", help="rlhf recipe")
+    p.add_argument("--iterative-recipe", default="iterative-dpo", help="iterative-dpo recipe")
     p.add_argument("--limit", type=int, default=1, help="flow runs at a time (one machine, one model)")
     args = p.parse_args()
-    serve(*deployments(args.recipe, args.cai_recipe, args.rlhf_recipe), limit=args.limit, print_starting_message=True)
+    serve(*deployments(args.recipe, args.cai_recipe, args.rlhf_recipe, args.iterative_recipe), limit=args.limit, print_starting_message=True)
 
 
 if __name__ == "__main__":

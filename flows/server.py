@@ -275,10 +275,10 @@ def _fingerprint(*recipes: str) -> str:
 
 
 def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai", rlhf_recipe: str = "rlhf",
-                   timeout: float = 120.0) -> None:
+                   iterative_recipe: str = "iterative-dpo", timeout: float = 120.0) -> None:
     """Run `python -m flows.serve` in the background; restart it if a recipe or the flow code changed."""
     ensure_server()
-    fp = _fingerprint(recipe, cai_recipe, rlhf_recipe)
+    fp = _fingerprint(recipe, cai_recipe, rlhf_recipe, iterative_recipe)
     pid = _pid("serve")
     if pid is not None:
         if processes.record("serve")[1] == [fp]:
@@ -290,10 +290,10 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
         stop("serve")
     from flows.serve import deployments
 
-    names = [f"{d.flow_name}/{d.name}" for d in deployments(recipe, cai_recipe, rlhf_recipe)]
+    names = [f"{d.flow_name}/{d.name}" for d in deployments(recipe, cai_recipe, rlhf_recipe, iterative_recipe)]
     started = time.time()
     _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe,
-                     "--rlhf-recipe", rlhf_recipe], extra=fp)
+                     "--rlhf-recipe", rlhf_recipe, "--iterative-recipe", iterative_recipe], extra=fp)
     while time.time() < started + timeout:
         if _pid("serve") is None:
             raise RuntimeError(f"the serve process exited; see {_run_dir() / 'serve.log'}")

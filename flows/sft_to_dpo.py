@@ -19,7 +19,7 @@ from prefect import flow
 from alignment.config import DPOStageConfig, ModelSpec, SFTStageConfig, SftToDpoRecipe
 from alignment.config.loader import validate_model
 from alignment.stages import dpo, sft
-from flows import evaluation, policy, reports
+from flows import evaluation, gates, policy, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -51,6 +51,7 @@ def preflight(recipe: SftToDpoRecipe) -> None:
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
 @flow(name=FLOW, log_prints=False, persist_result=False,
       description="Supervised fine-tuning, then DPO, then evaluation of DPO against SFT.")
+@gates.gated
 def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps; `overrides` sets dotted keys."""
@@ -58,7 +59,7 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
         recipe = validate_model(recipe.model_dump(mode="json"), SftToDpoRecipe, "overrides", overrides=overrides)
     policy.check(recipe)  # parameters from the API: untrusted
     preflight(recipe)
-    chain = Chain(list(refresh or []))
+    chain = Chain(list(refresh or []), gates=gates.check_recipe(recipe, steps(recipe)))
     chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=False))
     sft_model = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
     sft_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
@@ -66,4 +67,5 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
     dpo_answers = chain.run("respond_dpo", respond_config(recipe, dpo_model))
     evaluation.run(chain, recipe, [("evaluate", dpo_answers, sft_answers)])
     headline = reports.publish(FLOW, chain.results, chain.states)
-    return {"stages": chain.summary(), "metrics": headline}
+    release = gates.release(chain, recipe, FLOW, dpo_model, headline)
+    return {"stages": chain.summary(), "metrics": headline, "release": release}

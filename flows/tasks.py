@@ -94,19 +94,23 @@ class ServerLost(RuntimeError):
 
 class Chain:
     """Runs a flow's stage tasks in order, keeping each one's result and final state by label. A label
-    in `refresh` gets a salted config (new artifact key) and skips the cache lookup.
+    in `refresh` gets a salted config (new artifact key) and skips the cache lookup. After each step, the
+    recipe's gates on it are checked (`flows.gates`): a failed one stops the flow.
 
     The run registers its process (`flows.server.register_flow_run`), so that if the server dies, the run
     is marked Crashed when it comes back; before each stage the chain checks that the server still
     answers, and stops with `ServerLost` (naming what is committed) rather than start work it could not
     report."""
 
-    def __init__(self, refresh: list[str]):
+    def __init__(self, refresh: list[str], gates: list | None = None):
         from prefect.runtime import flow_run
 
+        from flows.gates import Gates
         from flows.server import register_flow_run
 
         self.refresh = refresh
+        self.flow = flow_run.flow_name
+        self.gates = Gates(list(gates or []))  # checked after each step (`flows.gates`)
         self.results: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str] = {}
         register_flow_run(flow_run.id)
@@ -118,18 +122,21 @@ class Chain:
                              f"in the store so far: {done}. Start it again (`alignment serve`, or any `alignment "
                              "run`) and rerun: committed stages are reused, and this run shows as Crashed")
 
-    def run(self, label: str, config) -> dict[str, Any]:
-        """Run (or reuse) the stage `config` belongs to, shown as `label`."""
+    def run(self, label: str, config, same_as: str | None = None) -> dict[str, Any]:
+        """Run (or reuse) the stage `config` belongs to, shown as `label`. `same_as`: the label of a step
+        this run already ran with the same config; shown again as `label`, it takes that step's refresh
+        salt, so it is that step's artifact (``Cached``) even when that step was refreshed."""
         from prefect.runtime import flow_run
 
         self._check_server(label)
         stage = spec_for(config)
-        forced = label in self.refresh
+        forced = (same_as or label) in self.refresh
         config = config.model_copy(update={"refresh_token": f"refresh:{flow_run.id}" if forced else None})
         missing = not ArtifactStore().complete(stage.name, stage.key(config))  # deleted, or never made
-        state = stage_task(stage, refresh=forced or missing, label=label)(config, return_state=True)
+        state = stage_task(stage, refresh=(forced and same_as is None) or missing, label=label)(config, return_state=True)
         self.results[label], self.states[label] = state.result(), state.name
         get_run_logger().info("%s: %s (artifact %s)", label, state.name, self.results[label]["key"])
+        self.gates.after(label, self.results[label], self)
         return self.results[label]
 
     def summary(self) -> dict[str, dict[str, str]]:

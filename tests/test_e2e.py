@@ -2,12 +2,14 @@
 deployments (tiny recipe), `prefect deployment run` runs the flow and then `rerun-dpo`, and headless
 Chromium opens the finished run's page in the UI and finds the artifacts (screenshot saved)."""
 
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -97,29 +99,41 @@ def test_served_deployment_runs_and_rerun_dpo_runs_only_dpo(env, served_runs):
             "respond_dpo: Completed  calibrate: Cached  evaluate: Completed") in followed
 
 
-def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_or_skip() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("chromium missing in CI: .ci/run installs Debian's chromium")
         pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    SHOTS.mkdir(exist_ok=True)
+    return chromium
+
+
+def login(page, ui: str, env: dict, shot: str | None = None) -> None:
+    page.goto(f"{ui}/runs", wait_until="networkidle")
+    password = page.locator("input[type=password]").first  # the locked API: the UI asks once
+    password.wait_for(timeout=30_000)
+    if shot:
+        page.screenshot(path=str(SHOTS / shot), full_page=True)
+    password.fill(env["PREFECT_API_AUTH_STRING"])
+    page.get_by_role("button", name="Login").click()
+    page.get_by_text("Deployments", exact=True).first.wait_for(timeout=30_000)
+
+
+def test_ui_shows_the_run_and_its_artifacts(env, served_runs):
+    chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     first, _ = served_runs
     ui = env["PREFECT_API_URL"].removesuffix("/api")
-    SHOTS.mkdir(exist_ok=True)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=flags)
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{ui}/runs", wait_until="networkidle")
-        password = page.locator("input[type=password]").first  # the locked API: the UI asks once
-        password.wait_for(timeout=30_000)
-        page.screenshot(path=str(SHOTS / "login.png"), full_page=True)
-        password.fill(env["PREFECT_API_AUTH_STRING"])
-        page.get_by_role("button", name="Login").click()
-        page.get_by_text("Deployments", exact=True).first.wait_for(timeout=30_000)
+        login(page, ui, env, shot="login.png")
         page.goto(f"{ui}/runs/flow-run/{first}", wait_until="networkidle")
         page.get_by_text("sft-to-dpo", exact=False).first.wait_for(timeout=30_000)
         page.screenshot(path=str(SHOTS / "flow-run.png"), full_page=True)
@@ -171,6 +185,64 @@ def test_deployment_parameters_may_not_turn_on_remote_code(env, served_runs):
     run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()
     assert run["state"]["name"] == "Failed" and "model.trust_remote_code = true" in run["state"]["message"]
     assert task_states(env, run_id) == {}, "refused before any step ran"
+
+
+def flow_run_state(env: dict, run_id: str) -> dict:
+    return httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()["state"]
+
+
+def wait_for_state(env: dict, run_id: str, names: set[str], timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = flow_run_state(env, run_id)
+        if state["name"] in names:
+            return state
+        assert state["type"] not in ("FAILED", "CRASHED", "CANCELLED"), state
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not reach {names}: {state}")
+
+
+def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, served_runs, home):
+    """The served recipe has gates and `promote.approval`: the deployment run passes its gates, pauses;
+    a person signs in to the UI, presses Resume, ticks Approve, names themself, submits; the run goes on
+    and `promote` records the release with that decision."""
+    chromium = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    out = sh([prefect, "--no-prompt", "deployment", "run", "sft-to-dpo/sft-to-dpo"], env, 120)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    wait_for_state(env, run_id, {"Paused"})
+    ui = env["PREFECT_API_URL"].removesuffix("/api")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        login(page, ui, env)
+        page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle")
+        page.get_by_role("button", name="Resume").first.click()
+        modal = page.get_by_role("dialog")
+        modal.get_by_text("Promote", exact=False).first.wait_for(timeout=30_000)
+
+        def field(name: str):  # one property of the form Prefect renders from the `Approval` input's schema
+            return modal.locator("div.schema-form-property").filter(
+                has=page.locator(".schema-form-property__label", has_text=name))
+
+        switch = field("Approve").get_by_role("switch")
+        switch.click()
+        assert switch.get_attribute("aria-checked") == "true"
+        field("Reviewer").locator("textarea").fill("e2e-browser")
+        field("Comment").locator("textarea").fill("gates passed, answers read")
+        page.screenshot(path=str(SHOTS / "approval.png"), full_page=True)
+        modal.get_by_role("button", name="Submit").click()
+        modal.wait_for(state="hidden", timeout=30_000)  # the form was accepted
+        browser.close()
+    wait_for_state(env, run_id, {"Completed"})
+    assert task_states(env, run_id)["promote"] == "Completed"
+    record = json.loads((home / "releases" / "tiny-release" / "current.json").read_text())
+    assert record["approval"] == {"approved": True, "reviewer": "e2e-browser", "comment": "gates passed, answers read"}
+    assert [g["passed"] for g in record["gates"]] == [True, True]
+    assert record["run"]["flow_run_id"] == run_id
 
 
 def test_a_worker_runs_the_flows_from_a_work_pool(env, served_runs):

@@ -11,7 +11,7 @@ RECIPES = sorted((ROOT / "flows" / "recipes").rglob("*.yaml"))
 
 def test_there_are_recipes():
     assert {p.stem for p in RECIPES} >= {"sft-to-dpo", "tiny", "constitutional-ai", "constitutional-ai-tiny", "rlhf",
-                                         "rlhf-tiny"}
+                                         "rlhf-tiny", "iterative-dpo", "iterative-dpo-tiny", "tiny-release"}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -22,7 +22,7 @@ def test_every_recipe_validates_with_its_data(path):
     assert text.startswith("#") and ("alignment run" in text or "prefect deployment run" in text), \
         "a recipe starts with the command that runs it"
     flow, recipe = load_recipe(str(path))
-    expected = next((f for f in ("constitutional-ai", "rlhf") if path.stem.startswith(f)), "sft-to-dpo")
+    expected = next((f for f in ("constitutional-ai", "rlhf", "iterative-dpo") if path.stem.startswith(f)), "sft-to-dpo")
     assert flow == expected
     preflight(flow, recipe)
 

@@ -32,8 +32,12 @@ from alignment.config.base import (  # noqa: F401
 )
 from alignment.config.recipes import (  # noqa: F401
     ConstitutionalAIRecipe,
+    GateCondition,
+    IterativeDPORecipe,
+    PromoteOptions,
     RecipeBase,
     RLHFRecipe,
+    RoundOptions,
     SftToDpoRecipe,
 )
 from alignment.config.rl import (  # noqa: F401

@@ -89,9 +89,13 @@ class SFTStageConfig(StageConfig, SFTSection):
 
 
 class DPOStageConfig(StageConfig, DPOSection):
-    """Everything `alignment.stages.dpo.run` reads. `model` is the policy start (and the reference)."""
+    """Everything `alignment.stages.dpo.run` reads. `model` is the policy start (and the reference, unless
+    `reference` names another model)."""
 
     model: ModelSpec = Field(default_factory=ModelSpec, description="The policy start and the reference.")
+    reference: ModelSpec | None = Field(
+        None, description="The reference of the DPO loss when it is not the start model: iterative DPO with a "
+        "fixed reference starts round n from round n−1's policy but keeps the first round's start as reference.")
 
 
 SET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -1,7 +1,8 @@
 """Direct preference optimisation with TRL ``DPOTrainer``.
 
-The start model is both policy and reference. With LoRA the reference is the same weights with the
-adapter disabled (no second copy in memory). Held-out pairs give the preference accuracy of the implicit
+The start model is both policy and reference, unless `reference` names another model (iterative DPO
+with a fixed reference). With LoRA the reference is the same weights with the adapter disabled (no second
+copy in memory). Held-out pairs give the preference accuracy of the implicit
 reward, ``beta * (log pi(y|x) - log pi_ref(y|x))``, chosen vs rejected (TRL's ``eval_rewards/accuracies``).
 Output: ``model/``, ``adapter/`` (LoRA), ``curves.jsonl``, ``manifest.json``.
 """
@@ -62,7 +63,10 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
     tok = load_tokenizer(config.model)
     model = load_model(config.model, config.adapter)
     peft = peft_config(config.adapter)
-    ref = None if peft is not None else load_model(config.model)  # full FT needs a frozen copy
+    if config.reference is not None:  # a reference other than the start (iterative DPO, fixed reference)
+        ref = load_model(config.reference)
+    else:  # LoRA: the start is the policy with its adapter disabled; full FT needs a frozen copy
+        ref = None if peft is not None else load_model(config.model)
     kwargs = trainer_kwargs(config.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo", checkpoints.name))
     if held_out:
         # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.

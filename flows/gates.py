@@ -1,0 +1,216 @@
+"""Gates, approval and promotion: nothing is released unless its numbers and, when asked, a person say so.
+
+- **Metric gates** (`gates:` in any recipe): conditions on a step's metrics, checked by the chain right
+  after that step. The first failing step stops the flow (``GateFailed``, the run ends Failed) with a
+  markdown gate report (``<flow>-gates``) naming every condition checked so far, its value and its
+  threshold. A metric the step did not produce, or did not compute (``None``, e.g. judged numbers of a
+  judge at chance), fails its condition: a gate never passes on a number nobody measured. A gate whose
+  step never ran (an iterative round after an early stop) fails at the end, before promotion.
+- **Approval** (`promote.approval`): the run pauses (Prefect's ``pause_flow_run`` with typed input,
+  ``Approval``) and the UI shows a Resume form: approve or not, who, a comment. `alignment approve RUN_ID`
+  answers from a terminal. A rejection ends the run without promoting.
+- **Promote**: the `promote` task records the release (``alignment.releases``) and pushes it to a hub
+  repository when one is configured and reachable.
+
+Gates and `promote` come from the served recipe: deployment parameters may not change them
+(``flows.policy``), so an API caller cannot drop a gate or skip the approval.
+"""
+
+import functools
+import operator
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.input import RunInput
+from pydantic import Field
+
+from alignment.config import GateCondition, ModelSpec
+from flows import reports
+
+POLL_S = 3  # how often a paused run checks for the decision
+OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+class GateFailed(RuntimeError):
+    """A gate condition failed: the flow stops; the gate report says which and why."""
+
+
+def gated(fn):
+    """Under ``@flow``: a failed gate ends the run ``Failed`` with the gate's message, as an outcome of
+    the run rather than a crash (no traceback in the run's log)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GateFailed as e:
+            from prefect.states import Failed
+
+            get_run_logger().error("%s", e)
+            return Failed(message=str(e))
+    return run
+
+
+class Approval(RunInput):
+    """What the reviewer answers in the UI's Resume form."""
+
+    approve: bool = Field(False, description="Promote this model (unchecked: reject it).")
+    reviewer: str = Field("", max_length=100, description="Who decides.")
+    comment: str = Field("", max_length=2000, description="Why (kept in the release record).")
+
+
+def condition_text(c: GateCondition) -> str:
+    metric = f"{c.metric} − {c.minus}" if c.minus else c.metric
+    return f"{c.step}: {metric} {c.op} {c.value:g}"
+
+
+def evaluate(c: GateCondition, metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """One condition against a step's metrics (None: the step never ran)."""
+    out = {"condition": condition_text(c), "step": c.step, "threshold": f"{c.op} {c.value:g}", "value": None}
+    if metrics is None:
+        return {**out, "passed": False, "why": f"step {c.step} did not run"}
+    values = []
+    for name in filter(None, (c.metric, c.minus)):
+        if name not in metrics:
+            numeric = sorted(k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool))
+            return {**out, "passed": False, "why": f"{c.step} has no metric {name!r} (it has: {', '.join(numeric)})"}
+        if not isinstance(metrics[name], int | float) or isinstance(metrics[name], bool):
+            return {**out, "passed": False, "why": f"{name} was not computed ({metrics[name]!r})"
+                    + (f": {metrics['judged_note']}" if metrics.get("judged_note") else "")}
+        values.append(float(metrics[name]))
+    value = values[0] - (values[1] if len(values) > 1 else 0.0)
+    passed = OPS[c.op](value, c.value)
+    return {**out, "value": value, "passed": passed, "why": "" if passed else f"{value:.4g} is not {c.op} {c.value:g}"}
+
+
+def check_recipe(recipe, labels: tuple[str, ...]) -> list[GateCondition]:
+    """The recipe's gates, each naming a step this recipe runs (before any stage starts)."""
+    for i, c in enumerate(recipe.gates):
+        if c.step not in labels:
+            raise ValueError(f"gates[{i}].step: {c.step!r} is not a step of this recipe; its steps are "
+                             f"{', '.join(labels)}")
+    return list(recipe.gates)
+
+
+class Gates:
+    """The conditions of one run and their results, checked by the chain after each step."""
+
+    def __init__(self, conditions: list[GateCondition]):
+        self.conditions = conditions
+        self.results: list[dict[str, Any]] = []
+        self.checked: set[int] = set()
+
+    def after(self, label: str, result: dict[str, Any], chain) -> None:
+        due = [i for i, c in enumerate(self.conditions) if c.step == label and i not in self.checked]
+        for i in due:
+            self.checked.add(i)
+            self.results.append(evaluate(self.conditions[i], result["metrics"]))
+        if any(not r["passed"] for r in self.results):
+            self.stop(chain)
+
+    def finish(self, chain) -> None:
+        """Conditions on steps that never ran fail now (before any promotion)."""
+        for i, c in enumerate(self.conditions):
+            if i not in self.checked:
+                self.checked.add(i)
+                self.results.append(evaluate(c, None))
+        if any(not r["passed"] for r in self.results):
+            self.stop(chain)
+
+    def stop(self, chain) -> None:
+        reports.publish_stages(chain.results, chain.states)  # the steps that ran stay inspectable
+        self.publish(chain.flow)
+        failed = [f"{r['condition']} ({r['why']})" for r in self.results if not r["passed"]]
+        raise GateFailed(f"gate failed, the flow stops: {'; '.join(failed)}. The gate report is the run's "
+                         f"`{chain.flow}-gates` artifact; committed steps are reused on the next run")
+
+    def markdown(self, flow: str) -> str:
+        failed = sum(not r["passed"] for r in self.results)
+        lines = [f"# {flow}: gates", "",
+                 f"**{'FAILED' if failed else 'passed'}**: {len(self.results) - failed} of {len(self.results)} "
+                 "condition(s) hold.", "", "| | condition | value | threshold | why |", "|---|---|---|---|---|"]
+        for r in self.results:
+            value = "not measured" if r["value"] is None else f"{r['value']:.4g}"
+            lines.append(f"| {'✅' if r['passed'] else '❌'} | `{r['condition']}` | {value} | {r['threshold']} | {r['why']} |")
+        return "\n".join(lines)
+
+    def publish(self, flow: str) -> None:
+        if self.results:
+            create_markdown_artifact(self.markdown(flow), key=f"{flow}-gates",
+                                     description=f"{flow}: every gate condition, its value and its threshold")
+
+
+def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: Gates, timeout_s: int) -> dict[str, Any]:
+    """Pause the run until a person answers the Resume form (or `alignment approve`)."""
+    from prefect.flow_runs import pause_flow_run
+    from prefect.runtime import flow_run
+
+    numbers = [f"| {k} | {reports._fmt(v)} |" for k, v in headline.items() if v is not None][:40]
+    create_markdown_artifact(
+        "\n".join([f"# {flow}: approval requested", "", f"Model: `{model.name}`", "",
+                   "Review the run's artifacts (results card, evaluation report, responses), then press "
+                   "**Resume** on this run's page: tick `approve` to promote the model, leave it unticked to "
+                   f"reject it. From a terminal: `alignment approve {flow_run.id}` (or `--reject`).", "",
+                   gates.markdown(flow) if gates.results else "No metric gates.", "",
+                   "| metric | value |", "|---|---|", *numbers]),
+        key=f"{flow}-approval", description=f"{flow}: what to review before approving the model")
+    get_run_logger().info("waiting for approval (up to %d s): press Resume on this run in the UI, or run "
+                          "`alignment approve %s`", timeout_s, flow_run.id)
+    form = Approval.with_initial_data(description=f"Promote the model `{model.name}`? Its numbers and gates are in "
+                                      f"the run's `{flow}-approval` artifact. Tick *Approve* to release it; "
+                                      "leave it off to reject it.")
+    answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=POLL_S, key="approval")
+    return {"approved": bool(answer.approve), "reviewer": answer.reviewer, "comment": answer.comment}
+
+
+@task(name="promote", task_run_name="promote", persist_result=False, description="Record the approved model as a release (and push it "
+      "to the hub repository when one is configured and reachable).")
+def promote_task(name: str, model_dir: str, run: dict[str, Any], gate_results: list[dict[str, Any]],
+                 approval: dict[str, Any] | None, hub_repo: str | None, token_env: str) -> dict[str, Any]:
+    from alignment.releases import promote
+
+    record = promote(name, model_dir, run=run, gates=gate_results, approval=approval, hub_repo=hub_repo,
+                     token_env=token_env)
+    get_run_logger().info("promote: release %s v%d of %s (%s)", name, record["version"], record["artifact_id"],
+                          record["path"])
+    return record
+
+
+def release(chain, recipe, flow: str, model: ModelSpec, headline: dict[str, Any]) -> dict[str, Any] | None:
+    """After the last step: every gate must have passed; then approval (if asked) and `promote`."""
+    from prefect.runtime import flow_run
+
+    chain.gates.finish(chain)
+    chain.gates.publish(flow)
+    options = recipe.promote
+    if options is None:
+        return None
+    approval = None
+    if options.approval:
+        approval = ask_approval(flow, model, headline, chain.gates, options.timeout_s)
+        if not approval["approved"]:
+            get_run_logger().warning("rejected by %s: %s; nothing is promoted", approval["reviewer"] or "the reviewer",
+                                     approval["comment"] or "(no comment)")
+            create_markdown_artifact(f"# {flow}: not promoted\n\nRejected by {approval['reviewer'] or 'the reviewer'}: "
+                                     f"{approval['comment'] or '(no comment)'}", key=f"{flow}-release",
+                                     description=f"{flow}: the release decision")
+            return {"promoted": False, **approval}
+    record = promote_task(options.name or flow, model.name, {"flow": flow, "flow_run_id": str(flow_run.id)},
+                          chain.gates.results, approval, options.hub_repo, options.token_env)
+    hub = record["hub"]
+    create_markdown_artifact(
+        "\n".join([f"# {flow}: released {record['name']} v{record['version']}", "",
+                   f"- artifact: `{record['artifact_id']}` at `{record['artifact_path']}`",
+                   f"- record: `{record['path']}`",
+                   f"- approval: {approval if approval else 'not asked (promote.approval: false)'}",
+                   f"- hub: {hub if hub else 'no hub repository configured'}"]),
+        key=f"{flow}-release", description=f"{flow}: the release record")
+    return {"promoted": True, **record}
+
+
+def no_release(chain, flow: str, why: str) -> dict[str, Any]:
+    """The flow has no model worth releasing: gates are still checked and reported, nothing is promoted."""
+    chain.gates.finish(chain)
+    chain.gates.publish(flow)
+    get_run_logger().warning("nothing to promote: %s", why)
+    return {"promoted": False, "reason": why}

@@ -1,0 +1,285 @@
+"""Rounds of iterative (online) DPO, shared by the `iterative-dpo` flow and `constitutional-ai`'s
+`rl_method: iterative-dpo`. No ML logic here: every part of a round is a stage, run through the chain.
+
+Round n (labels ``round-<n>-<part>``): ``generate`` (k samples per training prompt from the current
+policy, seed + 100·(n−1)) → a labelling step (``pairs``: reward sources score every sample, best vs
+worst; or ``feedback``: the constitution compares them) → ``dpo`` from the current policy (reference:
+the round's start, or the first start when ``iterate.reference: fixed``) → ``respond`` (held-out
+answers) → ``evaluate`` against the start model's answers. Each part is a cached task, so a rerun of an
+unchanged recipe is all ``Cached``; ``refresh: [round-<n>]`` salts every part of round n and of the
+rounds after it (the rerun-round-<n> deployments), and nothing before it.
+
+The held-out score that early stopping reads is the reward model's mean score of the round's answers
+(``reward_policy_mean``), or, without a reward model, the judge's win rate against the start model
+when the judge is meaningful; with neither, every round runs and the report says so. After
+``iterate.patience`` rounds in a row that do not beat the best so far by ``iterate.min_improvement``,
+the loop stops; the best round (or the start model, if no round beat it) is the flow's result.
+"""
+
+import base64
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger
+
+from alignment.config import (
+    DataSpec,
+    DPOOptions,
+    DPOStageConfig,
+    GenerateStageConfig,
+    ModelSpec,
+    RoundOptions,
+)
+from alignment.stages import spec
+from flows import evaluation
+from flows.evaluation import model_from, respond_config
+from flows.tasks import Chain, options
+
+ROUND = "round-{n}"
+
+
+def label(n: int, part: str) -> str:
+    return f"{ROUND.format(n=n)}-{part}"
+
+
+def round_steps(rounds: int) -> tuple[str, ...]:
+    return tuple(ROUND.format(n=n) for n in range(1, rounds + 1))
+
+
+def round_labels(rounds: int, parts: tuple[str, ...]) -> tuple[str, ...]:
+    """Every chain label of the rounds (what gates may name)."""
+    return tuple(label(n, p) for n in range(1, rounds + 1) for p in parts)
+
+
+def expand_refresh(refresh: list[str] | None, known: tuple[str, ...], rounds: int, parts: tuple[str, ...]) -> list[str]:
+    """Chain labels to refresh: a fixed step as it is; ``round-<n>`` → every part of rounds n..`rounds`.
+    An unknown name is an error naming the steps there are (parameters come from the API too)."""
+    out: list[str] = []
+    for name in refresh or []:
+        if name not in known:
+            raise ValueError(f"refresh: unknown step {name!r}; this recipe's steps are {', '.join(known)}")
+        if name.startswith("round-"):
+            first = int(name.removeprefix("round-"))
+            out += [label(n, p) for n in range(first, rounds + 1) for p in parts]
+        else:
+            out.append(name)
+    return out
+
+
+def data_of(result: dict, stage: str, output: str) -> DataSpec:
+    """A stage result's named output file as data for the next step."""
+    return DataSpec(path=str(spec(stage).output(result, output)))
+
+
+def held_out_score(metrics: dict[str, Any]) -> tuple[str | None, float | None]:
+    """What early stopping compares: the reward model's mean held-out score, else the judge's win rate."""
+    if metrics.get("reward_policy_mean") is not None:
+        return "reward_policy_mean", metrics["reward_policy_mean"]
+    if metrics.get("judged") and metrics.get("win_rate") is not None:
+        return "win_rate", metrics["win_rate"]
+    return None, None
+
+
+def start_score(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The start model's value of the same score (its answers are every round's reference)."""
+    return {"reward_policy_mean": metrics.get("reward_reference_mean"), "win_rate": 0.5}.get(name or "")
+
+
+@dataclass
+class Round:
+    n: int
+    model: ModelSpec
+    answers: dict[str, Any]
+    labels: dict[str, Any]
+    dpo: dict[str, Any]
+    evaluation: dict[str, Any]
+    eval_config: Any  # the round's evaluate config: the flow's final `evaluate` step reuses it
+    run_seconds: float
+    compute_seconds: float
+
+
+@dataclass
+class Outcome:
+    rounds: list[Round] = field(default_factory=list)
+    score_name: str | None = None
+    start: float | None = None
+    best: int = 0  # 0: the start model
+    stopped: str = ""
+
+    def model(self, start: ModelSpec) -> ModelSpec:
+        return start if self.best == 0 else self.rounds[self.best - 1].model
+
+    def answers(self, start_answers: dict[str, Any]) -> dict[str, Any]:
+        return start_answers if self.best == 0 else self.rounds[self.best - 1].answers
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per round: held-out score with its interval, pairs, length, KL, judge, time."""
+        rows = []
+        for r in self.rounds:
+            m, lab = r.evaluation["metrics"], r.labels["metrics"]
+            rows.append({
+                "round": r.n,
+                "best": "yes" if r.n == self.best else "",
+                "heldout_reward": m.get("reward_policy_mean"),
+                "heldout_reward_ci": _ci(m, "reward_policy"),
+                "gain_vs_start": m.get("reward_diff_mean"),
+                "gain_ci": _ci(m, "reward_diff"),
+                "win_rate": m.get("win_rate") if m.get("judged") else None,
+                "win_rate_note": "" if m.get("judged") else m.get("judged_note", "no judge"),
+                "pairs_kept": lab.get("pairs_kept"),
+                "pairs_dropped": (lab.get("pairs_dropped_margin") or 0) + (lab.get("pairs_identical") or 0)
+                if "pairs_dropped_margin" in lab else (lab.get("pairs", 0) - lab.get("pairs_kept", 0)),
+                "dpo_loss": r.dpo["metrics"].get("train_loss"),
+                "length_tokens": m.get("length_heldout_policy_mean"),
+                "length_drift_ratio": m.get("length_drift_ratio"),
+                "kl_to_start": m.get("kl_k3_mean"),
+                "seconds_this_run": round(r.run_seconds, 1),
+                "seconds_to_compute": round(r.compute_seconds, 1),
+            })
+        return rows
+
+
+def _ci(m: dict[str, Any], name: str) -> str:
+    lo, hi = m.get(f"{name}_ci_low"), m.get(f"{name}_ci_high")
+    return "" if lo is None or hi is None else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def _compute_seconds(results: list[dict[str, Any]]) -> float:
+    """What the round's artifacts took to make (their manifests), whether made now or reused."""
+    total = 0.0
+    for r in results:
+        try:
+            total += json.loads((Path(r["path"]) / "manifest.json").read_text())["duration_s"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return total
+
+
+Labeller = Callable[[int, DataSpec], tuple[str, Any]]  # (round, samples) → (part name, stage config)
+
+
+def run(chain: Chain, recipe, opts: RoundOptions, dpo: DPOOptions, start: ModelSpec, start_answers: dict[str, Any],
+        prompts: DataSpec, labeller: Labeller, reward_model: ModelSpec | None) -> Outcome:
+    """Run (or reuse) the rounds; stop early per `opts`. `labeller` builds the round's labelling step."""
+    cal_config = evaluation.calibrate_config(recipe)
+    calibration = chain.run("calibrate", cal_config) if cal_config is not None else None
+    outcome, current, stale, best_score = Outcome(), start, 0, None
+    for n in range(1, opts.rounds + 1):
+        began = time.time()
+        sampling = opts.sampling.model_copy(update={"seed": opts.sampling.seed + 100 * (n - 1)})
+        samples = chain.run(label(n, "generate"), GenerateStageConfig(
+            model=current, prompts=prompts, generation=sampling, engine=recipe.engine, num_samples=opts.samples_per_prompt))
+        part, config = labeller(n, data_of(samples, "generate", "completions"))
+        labels = chain.run(label(n, part), config)
+        reference = start if opts.reference == "fixed" and n > 1 else None
+        trained = chain.run(label(n, "dpo"), DPOStageConfig(
+            model=current, reference=reference, data=data_of(labels, labels["stage"], "preferences"),
+            **options(dpo, recipe)))
+        current = model_from(trained, recipe.model)
+        answers = chain.run(label(n, "respond"), respond_config(recipe, current))
+        ev_config = evaluation.evaluate_config(recipe, answers, start_answers, calibration, reward_model)
+        ev = chain.run(label(n, "evaluate"), ev_config)
+        outcome.rounds.append(Round(n, current, answers, labels, trained, ev, ev_config, time.time() - began,
+                                    _compute_seconds([samples, labels, trained, answers, ev])))
+        name, score = held_out_score(ev["metrics"])
+        if n == 1:
+            outcome.score_name, outcome.start = name, start_score(ev["metrics"], name)
+            best_score = outcome.start
+        if name is None:
+            continue
+        if best_score is None or score > best_score + opts.min_improvement:
+            outcome.best, best_score, stale = n, score, 0
+            continue
+        stale += 1
+        if opts.patience is not None and stale >= opts.patience:
+            outcome.stopped = (f"stopped after round {n}: {stale} round(s) without raising {name} above "
+                               f"{best_score:.4g} ({f'round {outcome.best}' if outcome.best else 'the start model'}) by more than "
+                               f"{opts.min_improvement:g} (iterate.patience = {opts.patience})")
+            break
+    if outcome.score_name is None:
+        outcome.best = len(outcome.rounds)  # nothing to choose by: the last round
+        outcome.stopped = "every round ran: no held-out score to choose by (no reward model, no meaningful judge)"
+    elif not outcome.stopped:
+        best = f"round {outcome.best}" if outcome.best else "the start model (no round beat it)"
+        outcome.stopped = f"every round ran ({len(outcome.rounds)}); the best is {best}"
+    get_run_logger().info("rounds: %s", outcome.stopped)
+    return outcome
+
+
+def chart_png(outcome: Outcome) -> str | None:
+    """Held-out reward (with its 95% interval), KL to the start model and length per round."""
+    rows = outcome.table()
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 2.6), dpi=80)
+    xs = [r["round"] for r in rows]
+    ms = [outcome.rounds[i].evaluation["metrics"] for i in range(len(rows))]
+    score = [m.get("reward_policy_mean") for m in ms]
+    if all(v is not None for v in score):
+        lo = [v - m["reward_policy_ci_low"] for v, m in zip(score, ms, strict=True)]
+        hi = [m["reward_policy_ci_high"] - v for v, m in zip(score, ms, strict=True)]
+        axes[0].errorbar(xs, score, yerr=[lo, hi], marker="o", capsize=3)
+        if outcome.start is not None and outcome.score_name == "reward_policy_mean":
+            axes[0].axhline(outcome.start, ls="--", c="gray", lw=1, label="start")
+            axes[0].legend(fontsize=7)
+    axes[0].set_title("held-out reward (95% CI)", fontsize=9)
+    for ax, key, title in ((axes[1], "kl_to_start", "KL to start (k3, nats)"), (axes[2], "length_tokens", "answer length (tokens)")):
+        pts = [(r["round"], r[key]) for r in rows if r[key] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o")
+        ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("round", fontsize=8)
+        ax.set_xticks(xs)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def markdown(flow: str, outcome: Outcome) -> str:
+    """The round-over-round report: the chart, the table and why the loop stopped."""
+    rows = outcome.table()
+    start = "n/a" if outcome.start is None else f"{outcome.start:.4g}"
+    lines = [f"# {flow}: round over round", "", f"**{outcome.stopped}.** Held-out score: "
+             f"`{outcome.score_name or 'none'}`, start model {start}; best: "
+             f"{'round ' + str(outcome.best) if outcome.best else 'the start model (no round beat it)'}.", ""]
+    if png := chart_png(outcome):
+        lines += [f"![rounds]({png})", ""]
+    cols = ("round", "best", "heldout_reward", "heldout_reward_ci", "gain_vs_start", "gain_ci", "win_rate",
+            "pairs_kept", "pairs_dropped", "length_tokens", "kl_to_start", "seconds_to_compute")
+    lines += ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in cols) + " |" for r in rows]
+    notes = {r["win_rate_note"] for r in rows if r["win_rate_note"]}
+    if notes:
+        lines += ["", f"Win rate: {'; '.join(sorted(notes))}."]
+    lines += ["", "`seconds_to_compute`: the round's stages as recorded when they were made (a cached round "
+              "took that long once)."]
+    return "\n".join(lines)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def publish(flow: str, outcome: Outcome) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_markdown_artifact(markdown(flow, outcome), key=f"{flow}-rounds",
+                             description=f"{flow}: held-out reward, pairs, length, KL and time per round")
+    if outcome.rounds:
+        create_table_artifact(outcome.table(), key=f"{flow}-rounds-table", description=f"{flow}: one row per round")
