@@ -3,19 +3,21 @@
 ``$ALIGNMENT_HOME/releases/<name>/v<N>.json`` holds one release: the artifact (id, directory, the
 sha256 of every model file from its manifest), the run, the gate results, the approval (who, when, the
 comment) and, when a hub repository is configured, where it was pushed or why it was not.
-``current.json`` is the latest release. Records are written once (a new version never overwrites an old
-one) and atomically. Runnable without Prefect; the flows call it from their `promote` step.
+``current.json`` is the latest release. One lock per release name serialises promotions; a record is
+written to a temporary file, fsynced and linked into place (a version is never overwritten), and
+``current.json`` only ever moves forward. Runnable without Prefect; the flows call it from their
+`promote` step.
 """
 
+import fcntl
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from alignment.artifacts import MANIFEST, alignment_home
-
-HUB_TIMEOUT_S = 10
 
 
 def releases_root() -> Path:
@@ -32,13 +34,33 @@ def artifact_of(model_dir: str) -> Path:
                      "can be promoted")
 
 
-def _write_once(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    with open(tmp, "rb") as f:
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _durable_tmp(folder: Path, data: dict[str, Any]) -> Path:
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
         os.fsync(f.fileno())
-    os.link(tmp, path)  # fails if the version exists: never overwrites
-    tmp.unlink()
+    return Path(name)
+
+
+def _write(folder: Path, name: str, data: dict[str, Any], replace: bool) -> None:
+    tmp = _durable_tmp(folder, data)
+    try:
+        if replace:
+            tmp.replace(folder / name)
+        else:
+            os.link(tmp, folder / name)  # fails if the version exists: never overwrites
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(folder)
 
 
 def push_to_hub(artifact: Path, repo: str, token_env: str) -> dict[str, Any]:
@@ -66,18 +88,18 @@ def promote(name: str, model_dir: str, *, run: dict[str, Any], gates: list[dict[
     manifest = json.loads((artifact / MANIFEST).read_text())
     folder = releases_root() / name
     folder.mkdir(parents=True, exist_ok=True)
-    version = 1 + max((int(p.stem[1:]) for p in folder.glob("v*.json") if p.stem[1:].isdigit()), default=0)
-    record = {
-        "name": name, "version": version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "artifact_id": manifest["artifact_id"], "artifact_path": str(artifact),
-        "files": {k: v["sha256"] for k, v in manifest.get("files", {}).items() if k.startswith("model/")},
-        "run": run, "gates": gates, "approval": approval,
-        "hub": push_to_hub(artifact, hub_repo, token_env) if hub_repo else None,
-    }
-    _write_once(folder / f"v{version}.json", record)
-    current = folder / "current.json.tmp"
-    current.write_text(json.dumps(record, indent=2, default=str))
-    current.replace(folder / "current.json")
+    with open(folder / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one promotion of this name at a time: versions stay in order
+        version = 1 + max((int(p.stem[1:]) for p in folder.glob("v*.json") if p.stem[1:].isdigit()), default=0)
+        record = {
+            "name": name, "version": version,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "artifact_id": manifest["artifact_id"], "artifact_path": str(artifact),
+            "files": {k: v["sha256"] for k, v in manifest.get("files", {}).items() if k.startswith("model/")},
+            "run": run, "gates": gates, "approval": approval,
+            "hub": push_to_hub(artifact, hub_repo, token_env) if hub_repo else None,
+        }
+        _write(folder, f"v{version}.json", record, replace=False)
+        _write(folder, "current.json", record, replace=True)
     record["path"] = str(folder / f"v{version}.json")
     return record

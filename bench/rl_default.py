@@ -37,12 +37,23 @@ def answers(model: str):
     return respond.run(RespondStageConfig(model={"name": model}, sets={"heldout": HELDOUT}, generation=ANSWERS))
 
 
+def per_iteration(path: str) -> dict[str, list]:
+    """PPO's per-iteration KL, KL coefficient and explained variance (empty for GRPO/RLOO)."""
+    from alignment.training import read_curves
+
+    rows = read_curves(path)
+    keys = ("kl", "kl_coef", "explained_variance", "score")
+    return {k: [round(r[k], 3) for r in rows if k in r] for k in keys if any(k in r for r in rows)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--reward-model", required=True)
     p.add_argument("--algorithms", nargs="+", default=["ppo", "grpo"])
     p.add_argument("--iterations", type=int, default=12)
     p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--kl-target", type=float, default=None,
+                   help="PPO: adaptive KL coefficient aiming at this KL per response (nats); default: fixed kl_coef")
     args = p.parse_args()
     common = {"model": {"name": args.model}, "prompts": {"path": "data/redteam_train.jsonl"},
               "reward": {"model": {"name": args.reward_model}}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
@@ -50,7 +61,8 @@ def main() -> None:
         # no missing-EOS penalty here: at 48 new tokens most answers are cut, and the penalty would make
         # "stop early" the main thing learned; the held-out numbers are the reward model's alone either way
         "ppo": PPOStageConfig(**common, iterations=args.iterations, rollout_batch=16, ppo_epochs=2, kl_coef=0.05,
-                              missing_eos_penalty=None, train={"learning_rate": 1e-4, "batch_size": 8}),
+                              kl_target=args.kl_target, missing_eos_penalty=None,
+                              train={"learning_rate": 1e-4, "batch_size": 8}),
         "grpo": GRPOStageConfig(**common, num_generations=4, beta=0.04,
                                 train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
                                        "logging_steps": 1}),
@@ -81,6 +93,7 @@ def main() -> None:
             "length_after": r("length_heldout_policy_mean"), "length_drift": r("length_drift_ratio"),
             "train_first3": res.metrics.get("train_score_first3", res.metrics.get("train_reward_first3")),
             "train_last3": res.metrics.get("train_score_last3", res.metrics.get("train_reward_last3")),
+            "per_iteration": per_iteration(res.path), "kl_target": args.kl_target if algo == "ppo" else None,
             "wall_s": round(time.time() - start, 1), "artifact": res.path}), flush=True)
 
 

@@ -287,10 +287,20 @@ def cmd_approve(a) -> None:
         run_id = UUID(a.run_id)
     except ValueError:
         raise ValueError(f"approve: {a.run_id!r} is not a flow run id (`alignment status` lists runs)") from None
+    import time
+
     from prefect.exceptions import NotPausedError, ObjectNotFound
 
+    answer = {"approve": not a.reject, "reviewer": a.reviewer, "comment": a.comment}
     try:
-        resume_flow_run(run_id, run_input={"approve": not a.reject, "reviewer": a.reviewer, "comment": a.comment})
+        for attempt in range(10):  # the run shows Paused a moment before its form is saved
+            try:
+                resume_flow_run(run_id, run_input=answer)
+                break
+            except RuntimeError as e:
+                if "input schema not found" not in str(e).lower() or attempt == 9:
+                    raise
+                time.sleep(1)
     except ObjectNotFound:
         raise ValueError(f"approve: no flow run {run_id} on this server (`alignment status` lists runs)") from None
     except NotPausedError:
@@ -314,8 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
     s.add_argument("--iterative-recipe", default="iterative-dpo", help="recipe the iterative-dpo deployments serve")
     s.add_argument("--allow-unsafe-parameters", action="store_true",
-                   help="let deployment runs turn on trust_remote_code, change engine URLs/keys and name files "
-                   "outside the project (only where every caller of the API is trusted)")
+                   help="let deployment runs turn on trust_remote_code, change engine URLs/keys, name files "
+                   "outside the project and change gates or promote (only where every caller of the API is trusted)")
     s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("deploy", help="deploy the flows to a Prefect work pool (instead of serve): a worker runs them")
     s.add_argument("--pool", required=True, help="work pool (created as a `process` pool if missing)")

@@ -54,8 +54,8 @@ def steps(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for); with
     `rl_method: iterative-dpo` the rounds (`round-<n>`) replace samples, feedback and rl_cai."""
     core = tuple(s for s in STEPS[:10] if s != "preference_model" or recipe.rl_method == "ppo")
-    if recipe.rl_method == "iterative-dpo":
-        core = (*STEPS[:5], *rounds.round_steps(recipe.iterate.rounds), "respond_rl_cai")
+    if recipe.rl_method == "iterative-dpo":  # respond_rl_cai is then the best round's answers again (cached)
+        core = (*STEPS[:5], *rounds.round_steps(recipe.iterate.rounds))
     return core + evaluation.steps(recipe, ("evaluate_sl", "evaluate_rl"))
 
 
@@ -64,7 +64,7 @@ def gate_labels(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
     if recipe.rl_method != "iterative-dpo":
         return steps(recipe)
     return (tuple(s for s in steps(recipe) if not s.startswith("round-"))
-            + rounds.round_labels(recipe.iterate.rounds, ROUND_PARTS))
+            + rounds.round_labels(recipe.iterate.rounds, ROUND_PARTS) + ("respond_rl_cai",))
 
 
 def preflight(recipe: ConstitutionalAIRecipe) -> None:
@@ -153,12 +153,16 @@ def _iterated(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, sl, s
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=reward_model)
     rounds.publish(FLOW, outcome)
-    return _finish(chain, recipe, revised, rl_model, extra={"best_round": outcome.best, "stopped": outcome.stopped})
+    return _finish(chain, recipe, revised, rl_model, extra={"best_round": outcome.best, "stopped": outcome.stopped},
+                   nothing_new=None if outcome.best else "no RL round beat the SL-CAI model on the held-out score")
 
 
-def _finish(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, rl_model, extra: dict | None = None):
+def _finish(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, rl_model, extra: dict | None = None,
+            nothing_new: str | None = None):
+    """Reports, then the release (gates, approval, promote), unless RL made `nothing_new`."""
     headline = reports.publish(FLOW, chain.results, chain.states)
     cai_reports.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
                         create_table_artifact)
-    release = gates.release(chain, recipe, FLOW, rl_model, headline)
+    release = (gates.no_release(chain, FLOW, nothing_new) if nothing_new
+               else gates.release(chain, recipe, FLOW, rl_model, headline))
     return {"stages": chain.summary(), "metrics": headline, "release": release, **(extra or {})}

@@ -6,14 +6,17 @@
   threshold. A metric the step did not produce, or did not compute (``None``, e.g. judged numbers of a
   judge at chance), fails its condition: a gate never passes on a number nobody measured. A gate whose
   step never ran (an iterative round after an early stop) fails at the end, before promotion.
-- **Approval** (`promote.approval`): the run pauses (Prefect's ``pause_flow_run`` with typed input,
-  ``Approval``) and the UI shows a Resume form: approve or not, who, a comment. `alignment approve RUN_ID`
-  answers from a terminal. A rejection ends the run without promoting.
+- **Approval** (`promote.approval`): the run waits with typed input (``Approval``) and the UI shows a
+  Resume form: approve or not, who, a comment; `alignment approve RUN_ID` answers from a terminal. A
+  deployment run is *suspended* (its process exits, so a paused run holds no serve slot or GPU; on resume
+  it starts again and every step comes back ``Cached``); an in-process `alignment run` is *paused* (the
+  terminal waits). A rejection, or a resume without an answer, promotes nothing.
 - **Promote**: the `promote` task records the release (``alignment.releases``) and pushes it to a hub
   repository when one is configured and reachable.
 
 Gates and `promote` come from the served recipe: deployment parameters may not change them
-(``flows.policy``), so an API caller cannot drop a gate or skip the approval.
+(``flows.policy``). The trust boundary is the API credential: whoever holds it can also resume a run
+(approve it) or edit a deployment, so the reviewer's name is what they type, not an identity.
 """
 
 import functools
@@ -142,8 +145,8 @@ class Gates:
 
 def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: Gates, timeout_s: int) -> dict[str, Any]:
     """Pause the run until a person answers the Resume form (or `alignment approve`)."""
-    from prefect.flow_runs import pause_flow_run
-    from prefect.runtime import flow_run
+    from prefect.flow_runs import pause_flow_run, suspend_flow_run
+    from prefect.runtime import deployment, flow_run
 
     numbers = [f"| {k} | {reports._fmt(v)} |" for k, v in headline.items() if v is not None][:40]
     create_markdown_artifact(
@@ -159,7 +162,12 @@ def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: G
     form = Approval.with_initial_data(description=f"Promote the model `{model.name}`? Its numbers and gates are in "
                                       f"the run's `{flow}-approval` artifact. Tick *Approve* to release it; "
                                       "leave it off to reject it.")
-    answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=POLL_S, key="approval")
+    if deployment.id is not None:  # served or pooled: free the process (and its slot or GPU) while waiting;
+        # on resume the run starts again, every step comes back Cached, and this returns the answer
+        answer = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key="approval")
+    else:  # `alignment run`: the user's own terminal waits
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=POLL_S, key="approval")
+    # resumed without an answer (e.g. `prefect flow-run resume`): the form's defaults, i.e. not approved
     return {"approved": bool(answer.approve), "reviewer": answer.reviewer, "comment": answer.comment}
 
 

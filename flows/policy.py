@@ -10,6 +10,10 @@ from a deployment is refused, before any stage, naming the key, when its recipe 
 - changes `gates` or `promote` (a caller could otherwise drop a gate, skip the approval or push to
   another hub repository).
 
+This limits what a run's *parameters* can do. It is not a second lock behind the API credential: whoever
+holds the credential can also edit a deployment's stored parameters (which this check compares against)
+or resume a paused run, so the credential (mode 0600 under `$ALIGNMENT_HOME`) is the trust boundary.
+
 The serving process may allow all of this explicitly (`alignment serve --allow-unsafe-parameters`, which
 sets ``ALIGNMENT_ALLOW_UNSAFE_PARAMETERS=1`` for its runs). Runs started in-process (`alignment run`) are
 the local user's own and are not checked.

@@ -36,6 +36,7 @@ from alignment.config import (
     RoundOptions,
 )
 from alignment.stages import spec
+from alignment.stages.pairs import NoPairs
 from flows import evaluation
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
@@ -160,6 +161,27 @@ def _compute_seconds(results: list[dict[str, Any]]) -> float:
     return total
 
 
+@dataclass
+class Stopper:
+    """Early stopping on the held-out score: a round improves when its score beats the best so far (the
+    start model's at first) by more than `min_improvement`; after `patience` rounds in a row that do not,
+    stop (never, with `patience` None). The best round is the one with the best score (0: the start)."""
+
+    patience: int | None
+    min_improvement: float
+    best_score: float | None = None
+    best: int = 0
+    stale: int = 0
+
+    def update(self, n: int, score: float) -> bool:
+        """Record round n's score; True: stop after it."""
+        if self.best_score is None or score > self.best_score + self.min_improvement:
+            self.best, self.best_score, self.stale = n, score, 0
+            return False
+        self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+
 Labeller = Callable[[int, DataSpec], tuple[str, Any]]  # (round, samples) → (part name, stage config)
 
 
@@ -168,14 +190,25 @@ def run(chain: Chain, recipe, opts: RoundOptions, dpo: DPOOptions, start: ModelS
     """Run (or reuse) the rounds; stop early per `opts`. `labeller` builds the round's labelling step."""
     cal_config = evaluation.calibrate_config(recipe)
     calibration = chain.run("calibrate", cal_config) if cal_config is not None else None
-    outcome, current, stale, best_score = Outcome(), start, 0, None
+    outcome, current = Outcome(), start
+    stopper = Stopper(opts.patience, opts.min_improvement)
     for n in range(1, opts.rounds + 1):
         began = time.time()
         sampling = opts.sampling.model_copy(update={"seed": opts.sampling.seed + 100 * (n - 1)})
         samples = chain.run(label(n, "generate"), GenerateStageConfig(
             model=current, prompts=prompts, generation=sampling, engine=recipe.engine, num_samples=opts.samples_per_prompt))
         part, config = labeller(n, data_of(samples, "generate", "completions"))
-        labels = chain.run(label(n, part), config)
+        try:
+            labels = chain.run(label(n, part), config)
+        except NoPairs as e:
+            if n == 1:
+                raise ValueError(f"round 1: {e} (in this recipe: iterate.min_margin, iterate.sampling.temperature, "
+                                 "iterate.samples_per_prompt)") from None
+            outcome.stopped = f"stopped before round {n}'s DPO: its samples gave no pair ({e})"
+            break
+        if labels["metrics"].get("pairs_kept") == 0:  # feedback drops pairs by its own min_margin
+            outcome.stopped = f"stopped before round {n}'s DPO: {part} kept no pair"
+            break
         reference = start if opts.reference == "fixed" and n > 1 else None
         trained = chain.run(label(n, "dpo"), DPOStageConfig(
             model=current, reference=reference, data=data_of(labels, labels["stage"], "preferences"),
@@ -189,21 +222,20 @@ def run(chain: Chain, recipe, opts: RoundOptions, dpo: DPOOptions, start: ModelS
         name, score = held_out_score(ev["metrics"])
         if n == 1:
             outcome.score_name, outcome.start = name, start_score(ev["metrics"], name)
-            best_score = outcome.start
+            stopper.best_score = outcome.start
         if name is None:
             continue
-        if best_score is None or score > best_score + opts.min_improvement:
-            outcome.best, best_score, stale = n, score, 0
-            continue
-        stale += 1
-        if opts.patience is not None and stale >= opts.patience:
-            outcome.stopped = (f"stopped after round {n}: {stale} round(s) without raising {name} above "
-                               f"{best_score:.4g} ({f'round {outcome.best}' if outcome.best else 'the start model'}) by more than "
-                               f"{opts.min_improvement:g} (iterate.patience = {opts.patience})")
+        stop = stopper.update(n, score)
+        outcome.best = stopper.best
+        if stop:
+            outcome.stopped = (f"stopped after round {n}: {stopper.stale} round(s) without raising {name} above "
+                               f"{stopper.best_score:.4g} ({f'round {stopper.best}' if stopper.best else 'the start model'})"
+                               f" by more than {opts.min_improvement:g} (iterate.patience = {opts.patience})")
             break
-    if outcome.score_name is None:
+    if outcome.score_name is None and outcome.rounds:
         outcome.best = len(outcome.rounds)  # nothing to choose by: the last round
-        outcome.stopped = "every round ran: no held-out score to choose by (no reward model, no meaningful judge)"
+        why = "no held-out score to choose by (no reward model, no meaningful judge): the last round is the result"
+        outcome.stopped = f"{outcome.stopped}; {why}" if outcome.stopped else f"every round ran; {why}"
     elif not outcome.stopped:
         best = f"round {outcome.best}" if outcome.best else "the start model (no round beat it)"
         outcome.stopped = f"every round ran ({len(outcome.rounds)}); the best is {best}"

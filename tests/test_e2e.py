@@ -203,9 +203,9 @@ def wait_for_state(env: dict, run_id: str, names: set[str], timeout: float = 300
 
 
 def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, served_runs, home):
-    """The served recipe has gates and `promote.approval`: the deployment run passes its gates, pauses;
-    a person signs in to the UI, presses Resume, ticks Approve, names themself, submits; the run goes on
-    and `promote` records the release with that decision."""
+    """The served recipe has gates and `promote.approval`: the deployment run passes its gates and is
+    suspended; a person signs in to the UI, presses Resume, ticks Approve, names themself, submits; the
+    serve process runs it again (every step Cached) and `promote` records the release with that decision."""
     chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
@@ -213,7 +213,8 @@ def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, serv
     prefect = str(Path(sys.executable).with_name("prefect"))
     out = sh([prefect, "--no-prompt", "deployment", "run", "sft-to-dpo/sft-to-dpo"], env, 120)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
-    wait_for_state(env, run_id, {"Paused"})
+    # a deployment run waits *suspended*: its process has exited, the serve slot is free
+    assert wait_for_state(env, run_id, {"Paused", "Suspended"})["name"] == "Suspended"
     ui = env["PREFECT_API_URL"].removesuffix("/api")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=FLAGS)

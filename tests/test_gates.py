@@ -95,12 +95,17 @@ def answer_when_paused(args: list[str]) -> threading.Thread:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName
 
+    def paused_runs():
+        with get_client(sync_client=True) as c:
+            return c.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+
+    before = {r.id for r in paused_runs()}  # not ours: an earlier run left waiting
+
     def answer():
         deadline = time.time() + 300
         while time.time() < deadline:
-            with get_client(sync_client=True) as c:
-                paused = c.read_flow_runs(flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))))
+            paused = [r for r in paused_runs() if r.id not in before]
             if paused:
                 from flows.cli import build_parser
 
@@ -143,6 +148,8 @@ def test_deployment_parameters_may_not_loosen_gates_or_skip_approval(tiny_recipe
     assert release_problems(same, served) == []
     dropped = same.model_copy(update={"gates": []})
     assert "gates" in release_problems(dropped, served)[0]
+    loosened = same.model_copy(update={"gates": [same.gates[0].model_copy(update={"value": 0.0})]})
+    assert "gates" in release_problems(loosened, served)[0]
     skipped = same.model_copy(update={"promote": same.promote.model_copy(update={"approval": False})})
     assert "promote" in release_problems(skipped, served)[0]
 
@@ -156,9 +163,20 @@ def test_a_hub_push_that_cannot_happen_is_recorded_without_the_token(tmp_path, m
     assert push_to_hub(tmp_path, "me/policy", "ALIGN_TEST_TOKEN") == {
         "repo": "me/policy", "pushed": False, "reason": "$ALIGN_TEST_TOKEN is not set"}
     monkeypatch.setenv("ALIGN_TEST_TOKEN", "hf_secret_value_123")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine reaches no hub: the push fails, the release stands
+
+    class Refused:  # a hub that refuses and, as real errors may, quotes the request's token
+        def __init__(self, token):
+            self.token = token
+
+        def create_repo(self, *a, **kw):
+            raise RuntimeError(f"401 Unauthorized for token {self.token}")
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Refused)
     out = push_to_hub(tmp_path, "me/policy", "ALIGN_TEST_TOKEN")
-    assert out["pushed"] is False and out["reason"] and "hf_secret_value_123" not in json.dumps(out)
+    assert out["pushed"] is False and "401 Unauthorized for token ***" in out["reason"]
+    assert "hf_secret_value_123" not in json.dumps(out)
 
 
 def test_only_a_store_artifact_can_be_promoted(tmp_path):
@@ -166,3 +184,27 @@ def test_only_a_store_artifact_can_be_promoted(tmp_path):
 
     with pytest.raises(ValueError, match="not an artifact of the store"):
         promote("x", str(tmp_path), run={}, gates=[], approval=None)
+
+
+def test_promotions_at_once_get_their_own_versions(tmp_path, monkeypatch):
+    """Eight promotions of one release name at once (threads; the lock is a per-process flock, so
+    processes are serialised the same way): versions 1..8, each record whole, none overwritten,
+    `current.json` the last one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from alignment.releases import promote
+
+    monkeypatch.setenv("ALIGNMENT_HOME", str(tmp_path / "home"))
+    artifact = tmp_path / "store" / "dpo" / "k1"
+    (artifact / "model").mkdir(parents=True)
+    (artifact / "manifest.json").write_text(json.dumps({"artifact_id": "dpo/k1", "files": {
+        "model/model.safetensors": {"size": 1, "sha256": "ab"}}}))
+    with ThreadPoolExecutor(8) as pool:
+        records = list(pool.map(lambda i: promote("many", str(artifact / "model"), run={"i": i}, gates=[],
+                                                  approval=None), range(8)))
+    assert sorted(r["version"] for r in records) == list(range(1, 9))
+    folder = tmp_path / "home" / "releases" / "many"
+    runs = {json.loads((folder / f"v{v}.json").read_text())["run"]["i"] for v in range(1, 9)}
+    assert runs == set(range(8)), "every promotion has its own whole record"
+    assert json.loads((folder / "current.json").read_text())["version"] == 8
+    assert not list(folder.glob("*.tmp")) and not list(folder.glob(".*.tmp"))

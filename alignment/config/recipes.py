@@ -67,7 +67,8 @@ class GateCondition(Strict):
     policy_harmful_compliance_keyword_rate, minus: reference_harmful_compliance_keyword_rate, op: "<=",
     value: 0.05}``."""
 
-    step: str = Field(..., min_length=1, description="The step (its label, as in `alignment steps RECIPE`) whose metrics are read.")
+    step: str = Field(..., min_length=1, description="The step whose metrics are read, named as it shows in the "
+                      "run (`dpo`, `evaluate`, `round-2-pairs`; an unknown name is refused with the list).")
     metric: str = Field(..., min_length=1, description="A metric of that step (its summary in the UI lists them).")
     minus: str | None = Field(None, min_length=1, description="Another metric of the same step subtracted "
                               "first (a difference to the reference).")

@@ -29,6 +29,10 @@ SPEC = StageSpec(
 )
 
 
+class NoPairs(ValueError):
+    """No prompt gave a pair: nothing is stored (iterative DPO ends its rounds on it after round 1)."""
+
+
 def validate(config: PairsStageConfig) -> list[tuple[list, list[str]]]:
     groups = group_samples(load_data(config.samples, "sft").rows)
     if short := [i for i, (_, rs) in enumerate(groups) if len(rs) < 2]:
@@ -77,7 +81,7 @@ def pair(out: Path, config: PairsStageConfig, groups: list[tuple[list, list[str]
             kept += 1
             margins.append(margin)
     if kept == 0:
-        raise ValueError(f"pairs: none of {len(groups)} prompts gave a pair (identical responses: {identical}, "
+        raise NoPairs(f"pairs: none of {len(groups)} prompts gave a pair (identical responses: {identical}, "
                          f"margin under {config.min_margin}: {dropped}); lower min_margin or sample more diverse "
                          "responses (generation.temperature, num_samples)")
     if context.progress:
