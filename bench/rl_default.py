@@ -54,6 +54,8 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m-instruct")
     p.add_argument("--kl-target", type=float, default=None,
                    help="PPO: adaptive KL coefficient aiming at this KL per response (nats); default: fixed kl_coef")
+    p.add_argument("--kl-horizon", type=int, default=10_000,
+                   help="PPO: the adaptive controller's horizon in samples (Ziegler et al.; smaller adapts faster)")
     args = p.parse_args()
     common = {"model": {"name": args.model}, "prompts": {"path": "data/redteam_train.jsonl"},
               "reward": {"model": {"name": args.reward_model}}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
@@ -61,7 +63,7 @@ def main() -> None:
         # no missing-EOS penalty here: at 48 new tokens most answers are cut, and the penalty would make
         # "stop early" the main thing learned; the held-out numbers are the reward model's alone either way
         "ppo": PPOStageConfig(**common, iterations=args.iterations, rollout_batch=16, ppo_epochs=2, kl_coef=0.05,
-                              kl_target=args.kl_target, missing_eos_penalty=None,
+                              kl_target=args.kl_target, kl_horizon=args.kl_horizon, missing_eos_penalty=None,
                               train={"learning_rate": 1e-4, "batch_size": 8}),
         "grpo": GRPOStageConfig(**common, num_generations=4, beta=0.04,
                                 train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
