@@ -227,7 +227,7 @@ class ArtifactStore:
                 if not self.complete(stage, key):  # another run finished the same key first: keep theirs
                     raise
             else:
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
                 _read_only(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -254,7 +254,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -269,8 +269,8 @@ def _fsync_tree(root: Path) -> None:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(root)
+            fsync_dir(p)
+    fsync_dir(root)
 
 
 def _read_only(root: Path) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignment.artifacts import MANIFEST, alignment_home
+from alignment.artifacts import MANIFEST, alignment_home, fsync_dir
 
 
 def releases_root() -> Path:
@@ -32,14 +32,6 @@ def artifact_of(model_dir: str) -> Path:
             return candidate
     raise ValueError(f"{model_dir}: not an artifact of the store (no {MANIFEST}); only a model the flow made "
                      "can be promoted")
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _durable_tmp(folder: Path, data: dict[str, Any]) -> Path:
@@ -60,7 +52,7 @@ def _write(folder: Path, name: str, data: dict[str, Any], replace: bool) -> None
             os.link(tmp, folder / name)  # fails if the version exists: never overwrites
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def push_to_hub(artifact: Path, repo: str, token_env: str) -> dict[str, Any]:

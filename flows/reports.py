@@ -60,6 +60,13 @@ def curves_png(stage: str, keys: list[str], history: list[dict[str, Any]]) -> st
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    return png_data_uri(fig)
+
+
+def png_data_uri(fig) -> str:
+    """A matplotlib figure as a PNG data URI (markdown artifacts embed it; image artifacts need a URL)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -16,8 +16,6 @@ when the judge is meaningful; with neither, every round runs and the report says
 the loop stops; the best round (or the start model, if no round beat it) is the flow's result.
 """
 
-import base64
-import io
 import json
 import time
 from collections.abc import Callable
@@ -37,7 +35,7 @@ from alignment.config import (
 )
 from alignment.stages import spec
 from alignment.stages.pairs import NoPairs
-from flows import evaluation
+from flows import evaluation, reports
 from flows.evaluation import model_from, respond_config
 from flows.tasks import Chain, options
 
@@ -274,11 +272,7 @@ def chart_png(outcome: Outcome) -> str | None:
         ax.set_xticks(xs)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return reports.png_data_uri(fig)
 
 
 def markdown(flow: str, outcome: Outcome) -> str:
