@@ -85,6 +85,7 @@ def test_rounds_chain_cache_and_a_refreshed_round_reruns_it_and_the_later_ones(r
 
 
 def test_a_fixed_reference_keeps_the_first_start_in_later_rounds(recipe):
+    moving, _ = run(recipe)  # the moving-reference rounds (cached after the first test; made here when run alone)
     out, fr = run(recipe, overrides={"iterate.reference": "fixed", "iterate.rounds": 2})
     states = task_states(fr)
     assert all(states[k] == "Cached" for k in round_labels(range(1, 2))), "round 1 is the same either way"
@@ -96,7 +97,6 @@ def test_a_fixed_reference_keeps_the_first_start_in_later_rounds(recipe):
     # model (the moving reference), and not when round 2 starts from round 1 but keeps the first start
     from alignment.training import read_curves
 
-    moving, _ = run(recipe)
     first_loss = {name: read_curves(o["stages"]["round-2-dpo"]["path"])[0]["loss"] for name, o in
                   (("moving", moving), ("fixed", out))}
     assert first_loss["moving"] == pytest.approx(math.log(2), abs=1e-3)
