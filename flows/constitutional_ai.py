@@ -37,10 +37,9 @@ from alignment.config import (
 from alignment.config.loader import validate_model
 from alignment.constitution import load_constitution
 from alignment.data import load_data
-from alignment.stages import spec
 from flows import cai_reports, evaluation, gates, policy, reports, rounds
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, options
+from flows.tasks import Chain, data_of, options
 
 FLOW = "constitutional-ai"
 STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
@@ -76,11 +75,6 @@ def preflight(recipe: ConstitutionalAIRecipe) -> None:
     if recipe.sft.mix_data:
         load_data(recipe.sft.mix_data, "sft")
     evaluation.preflight(recipe)
-
-
-def data_of(result: dict, stage: str, output: str) -> DataSpec:
-    """A stage result's named output file as data for the next step."""
-    return DataSpec(path=str(spec(stage).output(result, output)))
 
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's

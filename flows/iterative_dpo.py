@@ -20,6 +20,7 @@ from prefect import flow
 
 from alignment.config import (
     IterativeDPORecipe,
+    ModelSpec,
     PairsStageConfig,
     RewardSources,
     RewardStageConfig,
@@ -49,13 +50,14 @@ def gate_labels(recipe: IterativeDPORecipe) -> tuple[str, ...]:
     return fixed + rounds.round_labels(recipe.iterate.rounds, PARTS) + ("evaluate",)
 
 
-def training_configs(recipe: IterativeDPORecipe) -> dict[str, Any]:
-    """SFT and reward configs from the base model (for preflight and `alignment validate`)."""
+def training_configs(recipe: IterativeDPORecipe, start: ModelSpec | None = None) -> dict[str, Any]:
+    """SFT and reward configs; the reward model starts from `start` (the SFT model; the base model before
+    it exists: preflight and `alignment validate`)."""
     out: dict[str, Any] = {}
     if recipe.sft is not None:
         out["sft"] = SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe))
     if recipe.reward is not None:
-        out["reward"] = RewardStageConfig(model=recipe.model, **options(recipe.reward, recipe))
+        out["reward"] = RewardStageConfig(model=start or recipe.model, **options(recipe.reward, recipe))
     return out
 
 
@@ -90,7 +92,7 @@ def iterative_dpo(recipe: IterativeDPORecipe, refresh: list[str] | None = None,
         start_answers = chain.run("respond_sft", respond_config(recipe, start))
     rm = recipe.reward_model
     if recipe.reward is not None:
-        rm = model_from(chain.run("reward", RewardStageConfig(model=start, **options(recipe.reward, recipe))), recipe.model)
+        rm = model_from(chain.run("reward", training_configs(recipe, start)["reward"]), recipe.model)
     sources = RewardSources(model=rm, **dict(recipe.reward_mix))
 
     def pairs(n: int, samples):

@@ -33,11 +33,10 @@ from alignment.config import (
     ModelSpec,
     RoundOptions,
 )
-from alignment.stages import spec
 from alignment.stages.pairs import NoPairs
 from flows import evaluation, reports
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, options
+from flows.tasks import Chain, data_of, options
 
 ROUND = "round-{n}"
 
@@ -68,11 +67,6 @@ def expand_refresh(refresh: list[str] | None, known: tuple[str, ...], rounds: in
         else:
             out.append(name)
     return out
-
-
-def data_of(result: dict, stage: str, output: str) -> DataSpec:
-    """A stage result's named output file as data for the next step."""
-    return DataSpec(path=str(spec(stage).output(result, output)))
 
 
 def held_out_score(metrics: dict[str, Any]) -> tuple[str | None, float | None]:
@@ -241,9 +235,9 @@ def run(chain: Chain, recipe, opts: RoundOptions, dpo: DPOOptions, start: ModelS
     return outcome
 
 
-def chart_png(outcome: Outcome) -> str | None:
-    """Held-out reward (with its 95% interval), KL to the start model and length per round."""
-    rows = outcome.table()
+def chart_png(outcome: Outcome, rows: list[dict[str, Any]]) -> str | None:
+    """Held-out reward (with its 95% interval), KL to the start model and length per round (`rows`:
+    `outcome.table()`)."""
     if not rows:
         return None
     import matplotlib
@@ -275,14 +269,13 @@ def chart_png(outcome: Outcome) -> str | None:
     return reports.png_data_uri(fig)
 
 
-def markdown(flow: str, outcome: Outcome) -> str:
-    """The round-over-round report: the chart, the table and why the loop stopped."""
-    rows = outcome.table()
+def markdown(flow: str, outcome: Outcome, rows: list[dict[str, Any]]) -> str:
+    """The round-over-round report: the chart, the table (`rows`: `outcome.table()`) and why the loop stopped."""
     start = "n/a" if outcome.start is None else f"{outcome.start:.4g}"
     lines = [f"# {flow}: round over round", "", f"**{outcome.stopped}.** Held-out score: "
              f"`{outcome.score_name or 'none'}`, start model {start}; best: "
              f"{'round ' + str(outcome.best) if outcome.best else 'the start model (no round beat it)'}.", ""]
-    if png := chart_png(outcome):
+    if png := chart_png(outcome, rows):
         lines += [f"![rounds]({png})", ""]
     cols = ("round", "best", "heldout_reward", "heldout_reward_ci", "gain_vs_start", "gain_ci", "win_rate",
             "pairs_kept", "pairs_dropped", "length_tokens", "kl_to_start", "seconds_to_compute")
@@ -305,7 +298,8 @@ def _cell(v: Any) -> str:
 def publish(flow: str, outcome: Outcome) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(markdown(flow, outcome), key=f"{flow}-rounds",
+    rows = outcome.table()
+    create_markdown_artifact(markdown(flow, outcome, rows), key=f"{flow}-rounds",
                              description=f"{flow}: held-out reward, pairs, length, KL and time per round")
-    if outcome.rounds:
-        create_table_artifact(outcome.table(), key=f"{flow}-rounds-table", description=f"{flow}: one row per round")
+    if rows:
+        create_table_artifact(rows, key=f"{flow}-rounds-table", description=f"{flow}: one row per round")

@@ -32,7 +32,7 @@ def _progress_hook(stage: StageSpec, label: str):
 
     Progress is for the UI and is best effort: when the server cannot take it (gone, restarting), the
     stage goes on and commits its work (one warning), and the chain stops before the next stage
-    (`Chain._check_server`)."""
+    (`Chain._check_server`, which also checked the server just before this stage)."""
     logger = get_run_logger()
     broken: list[Exception] = []
 
@@ -45,10 +45,6 @@ def _progress_hook(stage: StageSpec, label: str):
             broken.append(e)
             logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, e)
             return None
-
-    if (err := reachable()) is not None:  # known at once, not after the client's retries
-        broken.append(err)
-        logger.warning("%s: progress not reported to the Prefect server (%s); the stage goes on", label, err)
 
     artifact_id = report(create_progress_artifact, progress=0.0, key=f"{label.replace('_', '-')}-progress",
                          description=f"{label}: progress")
@@ -141,6 +137,13 @@ class Chain:
 
     def summary(self) -> dict[str, dict[str, str]]:
         return {k: {"status": self.states[k], "key": r["key"], "path": r["path"]} for k, r in self.results.items()}
+
+
+def data_of(result: dict[str, Any], stage: str, output: str):
+    """A stage result's named output file as data for the next step."""
+    from alignment.config import DataSpec
+
+    return DataSpec(path=str(spec(stage).output(result, output)))
 
 
 def options(section, recipe) -> dict[str, Any]:

@@ -49,9 +49,9 @@ def sh(args: list[str], env: dict, timeout: float = 300) -> str:
 
 def headers(env: dict) -> dict[str, str]:
     """What a client of the locked API sends: the credential, and a CSRF token for POSTs."""
-    import base64
+    from flows.server import basic_auth
 
-    auth = {"Authorization": "Basic " + base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()}
+    auth = basic_auth(env["PREFECT_API_AUTH_STRING"])
     token = httpx.get(env["PREFECT_API_URL"] + "/csrf-token", params={"client": "e2e"}, headers=auth, timeout=30)
     token.raise_for_status()
     return {**auth, "Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "e2e"}

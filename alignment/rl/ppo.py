@@ -148,6 +148,15 @@ class PPOLoop:
         return Batch(chats, texts, ids, attn, resp, mask, scores, terms, ended)
 
     # -- one iteration ---------------------------------------------------------------------------
+    def _normalised(self, scores: torch.Tensor) -> torch.Tensor:
+        """`reward_norm`: the running moments take this batch (every process's scores, reduced in float64,
+        so all normalise alike), then scale it."""
+        n, total = self.accelerator.reduce(torch.stack([torch.tensor(float(len(scores)), device=scores.device),
+                                                        scores.sum()]).double(), "sum").tolist()
+        spread = self.accelerator.reduce(((scores.double() - total / n) ** 2).sum(), "sum").item()
+        self.moments.update_from(int(n), total / n, spread / n)
+        return self.moments.normalise(scores)
+
     def step(self) -> dict[str, Any]:
         cfg, it = self.config, self.iteration
         torch.manual_seed(_rng_seed(cfg.train.seed, it, 0))
@@ -161,13 +170,7 @@ class PPOLoop:
             ref_logp = reference_logp(self.policy, self.ref_model, b.input_ids, b.attention_mask, T,
                                       cfg.rollout.temperature)
             kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
-            scores = b.scores
-            if cfg.reward_norm:  # over every process's scores, so all normalise alike
-                n, total = self.accelerator.reduce(torch.stack([torch.tensor(float(len(scores)), device=scores.device),
-                                                                scores.sum()]).double(), "sum").tolist()
-                spread = self.accelerator.reduce(((scores.double() - total / n) ** 2).sum(), "sum").item()
-                self.moments.update_from(int(n), total / n, spread / n)
-                scores = self.moments.normalise(scores)
+            scores = self._normalised(b.scores) if cfg.reward_norm else b.scores
             rewards = pm.token_rewards(scores, kl, mask, self.kl.coef)
             if cfg.whiten_rewards:
                 rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
