@@ -147,14 +147,20 @@ class ArtifactStore:
     def problem(self, stage: str, key: str, full: bool = False) -> str | None:
         """What is wrong with the artifact (None: it is whole). Sizes always; `full`: sha256 too."""
         p = self.path(stage, key)
+        if p.is_symlink():
+            return "the artifact directory is a symbolic link (artifacts are real directories of the store)"
         if not (p / MANIFEST).is_file():
             return "missing"
+        if (p / MANIFEST).is_symlink():
+            return f"{MANIFEST} is a symbolic link"
         try:
             files = json.loads((p / MANIFEST).read_text())["files"]
             records = [(rel, int(rec["size"]), rec["sha256"]) for rel, rec in files.items()]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return f"{MANIFEST} is unreadable or has no file records ({type(e).__name__}: {e})"
         for rel, size, digest in records:
+            if (outside := _outside(p, rel)) is not None:
+                return f"the manifest lists {rel!r}, {outside}"
             f = p / rel
             if not f.is_file():
                 return f"{rel} is missing"
@@ -176,8 +182,10 @@ class ArtifactStore:
         """Move a damaged artifact to ``.damaged/<stage>-<key>-<time>`` (reason in a ``.reason`` file beside it)."""
         dest = self.root / ".damaged" / f"{stage}-{key}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:4]}"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path(stage, key), 0o755)  # moving a directory updates its `..` entry: it must be writable
-        os.rename(self.path(stage, key), dest)
+        source = self.path(stage, key)
+        if not source.is_symlink():  # a link is moved as it is: never chmod what it points to
+            os.chmod(source, 0o755)  # moving a directory updates its `..` entry: it must be writable
+        os.rename(source, dest)
         dest.with_name(dest.name + ".reason").write_text(reason + "\n")
         return dest
 
@@ -231,6 +239,20 @@ class ArtifactStore:
                 _read_only(final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _outside(root: Path, rel: str) -> str | None:
+    """Why the manifest entry `rel` is not a plain file inside the artifact `root` (None: it is): an absolute
+    path, a `..` part, or a symbolic link on the way would make the store stat and hash files elsewhere."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts:
+        return "a path outside the artifact"
+    path = root
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            return "through a symbolic link"
+    return None
 
 
 def private_home() -> Path:

@@ -8,6 +8,7 @@ an error names the file, the line (or row), the field and what was expected.
 """
 
 import gzip
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -68,6 +69,10 @@ def data_identity(spec: DataSpec) -> dict[str, Any]:
 
 
 MAX_BYTES = 2 << 30  # a local data file larger than 2 GiB is refused (use a hub data set or split it)
+# A .gz that expands past 64 MiB by more than 100× is a decompression bomb, not data (JSONL text compresses
+# 4-15×: HH-RLHF's harmless-base test split is 4.4×), and nothing decompresses past MAX_BYTES either; both
+# are checked while decompressing, so a bomb costs at most that much memory
+GZ_RATIO, GZ_RATIO_FROM = 100, 64 << 20
 CHARS_PER_TOKEN = 4  # estimate of row length in tokens, before any tokenizer is loaded
 REFUSE_SHARE = 0.5  # more than half the rows unusable (identical pairs, over max_length): refused
 
@@ -91,6 +96,27 @@ def _json(text: str, where: str, expected: str) -> Any:
         raise DataError(f"{where}: JSON nested too deeply to be a data row; expected {expected}") from None
 
 
+def _gunzip(raw: bytes, path: Path) -> bytes:
+    """The decompressed bytes, refusing a bomb (see GZ_RATIO) before it is all in memory."""
+    import zlib
+
+    limit = min(MAX_BYTES, max(GZ_RATIO_FROM, GZ_RATIO * len(raw)))
+    out, size = [], 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            while block := f.read(1 << 20):
+                size += len(block)
+                if size > limit:
+                    raise DataError(f"{path}: expands past {limit} bytes from {len(raw)} (more than {GZ_RATIO}× "
+                                    f"beyond {GZ_RATIO_FROM >> 20} MiB, or past {MAX_BYTES >> 30} GiB): not a data "
+                                    "file; decompress it yourself and check it, then pass the .jsonl")
+                out.append(block)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: not a readable gzip file ({e}); gzip it again, or name it .jsonl if it "
+                        "is plain text") from None
+    return b"".join(out)
+
+
 def _read_local(path: Path) -> list[tuple[str, Any]]:
     """(location, row) pairs; locations are `line N` for JSONL and CSV and `row N` (1-based) otherwise.
     Damaged files (not UTF-8, not gzip, not Parquet, not CSV) are located errors, never tracebacks."""
@@ -101,11 +127,7 @@ def _read_local(path: Path) -> list[tuple[str, Any]]:
     if name.endswith((".jsonl", ".jsonl.gz")):
         raw = path.read_bytes()
         if name.endswith(".gz"):
-            try:
-                raw = gzip.decompress(raw)
-            except (OSError, EOFError) as e:
-                raise DataError(f"{path}: not a readable gzip file ({e}); gzip it again, or name it .jsonl if it "
-                                "is plain text") from None
+            raw = _gunzip(raw, path)
         out = []
         for n, line in enumerate(_decode(raw, path).splitlines(), 1):
             if line.strip():
@@ -134,9 +156,20 @@ def _read_local(path: Path) -> list[tuple[str, Any]]:
     return [(f"{'line' if first == 2 else 'row'} {i + first}", r) for i, r in enumerate(df.to_dict("records"))]
 
 
-def _read_hub(spec: DataSpec) -> list[tuple[str, dict]]:
-    from datasets import load_dataset
+HUB_FILES = ("hf://", "https://huggingface.co/", "https://hf.co/")
 
+
+def _read_hub(spec: DataSpec) -> list[tuple[str, dict]]:
+    from datasets import load_dataset, load_dataset_builder
+
+    # A hub data set's card can list `data_files` by absolute path, which `datasets` resolves on *this*
+    # machine: a hub id would then read local files. Every file must come from the hub.
+    builder = load_dataset_builder(spec.path, spec.subset)
+    local = sorted({str(f) for files in (builder.config.data_files or {}).values() for f in files
+                    if not str(f).startswith(HUB_FILES)})
+    if local:
+        raise DataError(f"hub data set {spec.path!r}: its card names files outside the hub ({', '.join(local[:3])}); "
+                        "a hub data set may only read its own files. Download what you want and pass a local file")
     ds = load_dataset(spec.path, spec.subset, split=spec.split)
     return [(f"row {i}", r) for i, r in enumerate(ds, 1)]
 

@@ -78,6 +78,9 @@ def promote(name: str, model_dir: str, *, run: dict[str, Any], gates: list[dict[
     """Record a release of the model in `model_dir` (a store artifact); returns the record."""
     artifact = artifact_of(model_dir)
     manifest = json.loads((artifact / MANIFEST).read_text())
+    if approval is not None and approval.get("artifact_id") != manifest["artifact_id"]:
+        raise ValueError(f"the approval is for {approval.get('artifact_id')!r}, not for {manifest['artifact_id']!r}: "
+                         "an approval releases only the artifact it was asked about")
     folder = releases_root() / name
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "a") as lock:

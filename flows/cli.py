@@ -1,7 +1,8 @@
 """``alignment``: the command line for work without the UI.
 
     alignment serve [--recipe sft-to-dpo]     start the local Prefect server and serve the deployments
-    alignment deploy --pool NAME [--recipe R] deploy the flows to a work pool (a `prefect worker` runs them)
+    alignment deploy --pool NAME [--recipe R] deploy the flows to a work pool
+    alignment worker --pool NAME              run that pool's flow runs here (what deploy recorded, nothing else)
     alignment run [RECIPE] [-p key=value] [--refresh STAGE]   run the flow in this process
     alignment stage STAGE --config x.yaml     run one stage alone (no Prefect)
     alignment status                          server, serve process, recent runs, store
@@ -13,6 +14,7 @@
     alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
     alignment approve RUN_ID [--reject]       answer a run waiting for approval before promotion
     alignment stop                            stop the serve process and the server
+    alignment credential                      the local server's credential, once it is proven ours
     alignment constitution validate|show|diff|import ...   check, print, compare or import constitutions
 """
 
@@ -45,11 +47,8 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
-    if a.allow_unsafe_parameters:
-        from flows.policy import ALLOW
-
-        os.environ[ALLOW] = "1"
-    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe, a.iterative_recipe)
+    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe, a.iterative_recipe, allow=a.allow,
+                          allow_files=a.allow_file, unsafe=a.allow_unsafe_parameters)
     st = server.status()
     print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
           f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}), rlhf ({a.rlhf_recipe!r}) and iterative-dpo "
@@ -62,6 +61,21 @@ def cmd_deploy(a) -> None:
 
     server.ensure_server()
     deploy_main(["--pool", a.pool, *(x for r in (a.recipe or []) for x in ("--recipe", r))])
+
+
+def cmd_worker(a) -> None:
+    from flows.worker import main as worker_main
+
+    worker_main(a.pool, a.limit)
+
+
+def cmd_credential(a) -> None:
+    """The local server's credential, printed only once the server is proven ours (the activated shell's
+    `prefect` asks for it per command); nothing when the API is elsewhere or nothing listens yet."""
+    if not server.is_local_api() or server.probe() == "down":
+        return
+    server.connect()
+    print(os.environ["PREFECT_API_AUTH_STRING"])
 
 
 def cmd_run(a) -> None:
@@ -106,7 +120,7 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    server.apply_defaults()
+    server.connect()
     run_id = run_id or _latest_run_id()
     if run_id is None:
         print(f"no run of {', '.join(FLOWS)} yet")
@@ -146,6 +160,7 @@ def wait(run_id: str | None, poll: float = 2.0) -> bool:
         FlowRunFilterId,
     )
 
+    server.connect()
     run_id = run_id or _latest_run_id()
     if run_id is None:
         print(f"no run of {', '.join(FLOWS)} yet")
@@ -292,6 +307,7 @@ def cmd_approve(a) -> None:
     from prefect.exceptions import NotPausedError, ObjectNotFound
 
     answer = {"approve": not a.reject, "reviewer": a.reviewer, "comment": a.comment}
+    server.connect()
     try:
         for attempt in range(10):  # the run shows Paused a moment before its form is saved
             try:
@@ -323,14 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
     s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
     s.add_argument("--iterative-recipe", default="iterative-dpo", help="recipe the iterative-dpo deployments serve")
+    s.add_argument("--allow", action="append", default=[], metavar="KEY[=MIN..MAX]",
+                   help="deployment runs may also change KEY (within MIN..MAX), e.g. --allow dpo.beta=0.05..0.5")
+    s.add_argument("--allow-file", action="append", default=[], metavar="KEY",
+                   help="deployment runs may point KEY at a project file, e.g. --allow-file eval_prompts.path "
+                   "(recipes without gates or promote)")
     s.add_argument("--allow-unsafe-parameters", action="store_true",
-                   help="let deployment runs turn on trust_remote_code, change engine URLs/keys, name files "
-                   "outside the project and change gates or promote (only where every caller of the API is trusted)")
+                   help="let deployment runs change any recipe key, gates, promote, trust_remote_code, engines and "
+                   "launch included (only where every caller of the API is trusted)")
     s.set_defaults(fn=cmd_serve)
     s = sub.add_parser("deploy", help="deploy the flows to a Prefect work pool (instead of serve): a worker runs them")
     s.add_argument("--pool", required=True, help="work pool (created as a `process` pool if missing)")
     s.add_argument("--recipe", action="append", help="recipes to deploy (default: one per flow)")
     s.set_defaults(fn=cmd_deploy)
+    s = sub.add_parser("worker", help="run the flows of a work pool here (what `alignment deploy` made; job variables refused)")
+    s.add_argument("--pool", required=True, help="the work pool")
+    s.add_argument("--limit", type=int, default=1, help="flow runs at a time")
+    s.set_defaults(fn=cmd_worker)
+    sub.add_parser("credential", help="print the local server's credential once it is proven ours (for `prefect`)"
+                   ).set_defaults(fn=cmd_credential)
     s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai, rlhf or iterative-dpo) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")

@@ -20,6 +20,7 @@ Gates and `promote` come from the served recipe: deployment parameters may not c
 """
 
 import functools
+import json
 import operator
 from typing import Any
 
@@ -143,14 +144,30 @@ class Gates:
                                      description=f"{flow}: every gate condition, its value and its threshold")
 
 
+def approval_question(model: ModelSpec, gates: Gates) -> tuple[str, dict[str, Any]]:
+    """The key of the approval input and what it approves: the model's artifact id and the gate results.
+    A run whose parameters changed while it waited computes another model (or other numbers) when it
+    resumes, so it asks a new question: an answer about model A never releases model B."""
+    from alignment.artifacts import sha256_json
+    from alignment.releases import artifact_of
+
+    manifest = json.loads((artifact_of(model.name) / "manifest.json").read_text())
+    subject = {"artifact_id": manifest["artifact_id"], "gates": gates.results}
+    return f"approval-{sha256_json(subject)[:16]}", {"artifact_id": manifest["artifact_id"],
+                                                   "gates_sha256": sha256_json(gates.results)}
+
+
 def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: Gates, timeout_s: int) -> dict[str, Any]:
-    """Pause the run until a person answers the Resume form (or `alignment approve`)."""
+    """Pause the run until a person answers the Resume form (or `alignment approve`); the answer is bound
+    to the artifact and gate results asked about (`approval_question`)."""
     from prefect.flow_runs import pause_flow_run, suspend_flow_run
     from prefect.runtime import deployment, flow_run
 
+    key, subject = approval_question(model, gates)
+
     numbers = [f"| {k} | {reports._fmt(v)} |" for k, v in headline.items() if v is not None][:40]
     create_markdown_artifact(
-        "\n".join([f"# {flow}: approval requested", "", f"Model: `{model.name}`", "",
+        "\n".join([f"# {flow}: approval requested", "", f"Model: `{subject['artifact_id']}` at `{model.name}`", "",
                    "Review the run's artifacts (results card, evaluation report, responses), then press "
                    "**Resume** on this run's page: tick `approve` to promote the model, leave it unticked to "
                    f"reject it. From a terminal: `alignment approve {flow_run.id}` (or `--reject`).", "",
@@ -159,16 +176,16 @@ def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: G
         key=f"{flow}-approval", description=f"{flow}: what to review before approving the model")
     get_run_logger().info("waiting for approval (up to %d s): press Resume on this run in the UI, or run "
                           "`alignment approve %s`", timeout_s, flow_run.id)
-    form = Approval.with_initial_data(description=f"Promote the model `{model.name}`? Its numbers and gates are in "
+    form = Approval.with_initial_data(description=f"Promote the model `{subject['artifact_id']}`? Its numbers and gates are in "
                                       f"the run's `{flow}-approval` artifact. Tick *Approve* to release it; "
                                       "leave it off to reject it.")
     if deployment.id is not None:  # served or pooled: free the process (and its slot or GPU) while waiting;
         # on resume the run starts again, every step comes back Cached, and this returns the answer
-        answer = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key="approval")
+        answer = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     else:  # `alignment run`: the user's own terminal waits
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=POLL_S, key="approval")
+        answer = pause_flow_run(wait_for_input=form, timeout=timeout_s, poll_interval=POLL_S, key=key)
     # resumed without an answer (e.g. `prefect flow-run resume`): the form's defaults, i.e. not approved
-    return {"approved": bool(answer.approve), "reviewer": answer.reviewer, "comment": answer.comment}
+    return {"approved": bool(answer.approve), "reviewer": answer.reviewer, "comment": answer.comment, **subject}
 
 
 @task(name="promote", task_run_name="promote", persist_result=False, description="Record the approved model as a release (and push it "

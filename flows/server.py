@@ -5,11 +5,16 @@ http://127.0.0.1:4200/api, ``PREFECT_HOME`` under ``$ALIGNMENT_HOME/prefect`` (S
 A ``PREFECT_API_URL`` that points elsewhere is used as is and no server is started.
 
 The local server is locked: it asks for a credential (HTTP basic, Prefect's ``PREFECT_SERVER_API_AUTH_STRING``)
-made once at random and kept in ``$ALIGNMENT_HOME/run/api-auth`` (mode 0600); every client the project
-starts or configures sends it (``PREFECT_API_AUTH_STRING``: the CLI, the serve process and its runs, and
-`prefect` in the activated environment); the UI asks for it once (it is the password on its login page).
-CSRF protection is on and CORS allows only the UI's own origin, so a web page cannot drive the API. A
-port that answers without accepting the credential is not ours: `alignment serve` refuses it.
+kept in ``$ALIGNMENT_HOME/run/api-auth`` (mode 0600) and made anew, at random, every time this module
+starts the server (a credential that leaked while the server was down is worthless once it is back).
+CSRF protection is on and CORS allows only the UI's own origin, so a web page cannot drive the API.
+
+**The server is proven ours before the credential leaves the process** (`connect`, `probe`): the socket
+listening on the port must belong to the server process we recorded (its pid and start time, or a child
+of it; ``alignment.listeners``), and that process must refuse a wrong credential (an unlocked server
+accepts anything). Only then does a client get the credential (``PREFECT_API_AUTH_STRING`` in its
+environment). A port held by anything else, or by an unlocked server, is refused with a message that
+names the port and the fix; nothing secret was sent to it.
 """
 
 import base64
@@ -54,8 +59,6 @@ def apply_defaults() -> dict[str, str]:
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
-    if _is_local(os.environ["PREFECT_API_URL"]):  # our own server: send our credential
-        os.environ.setdefault("PREFECT_API_AUTH_STRING", credential())
     return {k: os.environ[k] for k in defaults}
 
 
@@ -73,7 +76,7 @@ def is_local_api() -> bool:
 
 
 def credential() -> str:
-    """The local server's credential (`alignment:<random>`), made once, readable by its owner only."""
+    """The local server's credential (`alignment:<random>`), readable by its owner only; made when missing."""
     path = credential_path()
     if not path.is_file():
         try:
@@ -85,6 +88,16 @@ def credential() -> str:
     return path.read_text().strip()
 
 
+def _new_credential() -> str:
+    """A fresh credential for a server about to start (written beside, then renamed over, the old one)."""
+    tmp = credential_path().with_suffix(f".{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"alignment:{secrets.token_urlsafe(24)}\n")
+    tmp.replace(credential_path())
+    return credential()
+
+
 def api_url() -> str:
     return apply_defaults()["PREFECT_API_URL"].rstrip("/")
 
@@ -93,32 +106,96 @@ def ui_url() -> str:
     return os.environ.get("PREFECT_UI_URL") or api_url().removesuffix("/api")
 
 
-def probe(timeout: float = 2.0) -> str:
-    """`ours` (a Prefect API that accepts our credential), `foreign` (one that answers but refuses it, or
-    something else on the port) or `down` (nothing listening)."""
+class NotOurServer(RuntimeError):
+    """The port of the local API is held by something this project did not start, or by a server that
+    does not ask for the credential: nothing secret is sent to it."""
+
+
+def _port() -> int:
+    return urlparse(api_url()).port or DEFAULT_PORT
+
+
+def _status(path: str, headers: dict[str, str] | None, timeout: float) -> int | None:
+    """The HTTP status of GET `path` on the local API (None: nothing answers)."""
     from urllib.error import HTTPError
     from urllib.request import Request
 
-    url = api_url()
     try:
-        with urlopen(f"{url}/health", timeout=timeout) as r:
-            if r.status != 200:
-                return "foreign"
-    except HTTPError:
-        return "foreign"
+        with urlopen(Request(f"{api_url()}{path}", headers=headers or {}), timeout=timeout) as r:
+            return r.status
+    except HTTPError as e:
+        return e.code
     except (URLError, OSError, ValueError):
-        parsed = urlparse(url)
+        return None
+
+
+def not_our_server(timeout: float = 2.0) -> str | None:
+    """Why the local API's port is not our locked server (None: it is). The listener must be the server
+    process we recorded (``alignment.listeners``) and must refuse a wrong credential; only a random wrong
+    one is ever sent here."""
+    from alignment.listeners import not_ours
+
+    record = processes.record("server")
+    pid = record[0] if record else None
+    why = not_ours(_port(), pid, processes.start_time(pid) if pid else None)
+    if why is not None:
+        return why
+    wrong = basic_auth(f"alignment:{secrets.token_urlsafe(24)}")
+    answer = _status("/admin/version", wrong, timeout)
+    if answer is None:
+        return "our server process holds the port but does not answer yet"
+    if answer != 401:
+        return f"it accepted a wrong credential (HTTP {answer}): an unlocked server (started without the credential)"
+    return None
+
+
+def connect(timeout: float = 2.0) -> str:
+    """Prove the local server is ours (see the module), then give this process (and the clients it starts)
+    the credential; returns the API URL. An API elsewhere keeps its own settings."""
+    url, active = api_url(), _active_api_url()
+    if not _is_local(url) or active != url:  # elsewhere, or a server Prefect's settings chose (a test
+        return active or url                 # harness): not ours to prove, and our credential is not for it
+    why = not_our_server(timeout)
+    if why is not None:
+        raise NotOurServer(_refusal(why))
+    os.environ["PREFECT_API_AUTH_STRING"] = credential()
+    if "prefect.context" in sys.modules:  # Prefect read its settings at import: read them again
+        from prefect.context import refresh_global_settings_context
+
+        refresh_global_settings_context()
+    return url
+
+
+def _active_api_url() -> str | None:
+    """The API Prefect's clients in this process will call: its settings once Prefect is imported (a settings
+    context may point elsewhere; None: an ephemeral server of Prefect's own), else the environment's."""
+    if "prefect.settings" in sys.modules:
+        from prefect.settings import PREFECT_API_URL
+
+        return (PREFECT_API_URL.value() or "").rstrip("/") or None
+    return api_url()
+
+
+def _refusal(why: str) -> str:
+    port = _port()
+    return (f"port {port} on 127.0.0.1 is not this project's locked Prefect server ({why}); no credential was "
+            f"sent to it. Stop whatever holds it (`alignment stop` for an older server of ours; `ss -ltnp "
+            f"'sport = :{port}'` shows the process), or use another port: ALIGNMENT_PREFECT_PORT={port + 100}")
+
+
+def probe(timeout: float = 2.0) -> str:
+    """`ours` (our recorded server process holds the port, refuses a wrong credential and accepts ours),
+    `foreign` (anything else that listens there) or `down` (nothing listening). Our credential is sent
+    only after the first two checks."""
+    if _status("/health", None, timeout) is None:
         with socket.socket() as s:
             s.settimeout(timeout)
-            held = s.connect_ex((parsed.hostname or "127.0.0.1", parsed.port or 80)) == 0
-        return "foreign" if held else "down"
-    token = os.environ.get("PREFECT_API_AUTH_STRING") or credential()
-    auth = basic_auth(token)
-    try:
-        with urlopen(Request(f"{url}/admin/version", headers=auth), timeout=timeout) as r:
-            return "ours" if r.status == 200 else "foreign"
-    except (URLError, OSError, ValueError):
+            held = s.connect_ex(("127.0.0.1", _port())) == 0
+        if not held:
+            return "down"
+    if not _is_local(api_url()) or not_our_server(timeout) is not None:
         return "foreign"
+    return "ours" if _status("/admin/version", basic_auth(credential()), timeout) == 200 else "foreign"
 
 
 def basic_auth(credential: str) -> dict[str, str]:
@@ -147,36 +224,45 @@ def _spawn(name: str, cmd: list[str], extra: str = "", env: dict[str, str] | Non
 
 
 def ensure_server(timeout: float = 90.0) -> str:
-    """Start `prefect server start` on loopback, locked (see the module), unless ours already answers."""
+    """Start `prefect server start` on loopback, locked (see the module), unless ours already answers;
+    then `connect` to it."""
+    if not _is_local(api_url()):
+        try:
+            if reachable(timeout=5.0) is None:
+                return api_url()
+        except Exception:  # noqa: BLE001 - reported below
+            pass
+        raise RuntimeError(f"PREFECT_API_URL={api_url()} does not answer, and it is not a local server this tool "
+                           "may start; start it, set PREFECT_API_AUTH_STRING or PREFECT_API_KEY, or unset "
+                           "PREFECT_API_URL")
     state = probe()
     if state == "ours":
+        connect()
         _mark_orphaned_runs()
         return api_url()
-    parsed = urlparse(api_url())
-    if not _is_local(api_url()):
-        raise RuntimeError(f"PREFECT_API_URL={api_url()} does not answer with this project's credential, and it "
-                           "is not a local server this tool may start; start it, set PREFECT_API_AUTH_STRING, or "
-                           "unset PREFECT_API_URL")
-    if state == "foreign":
-        raise RuntimeError(f"port {parsed.port} on 127.0.0.1 is held by something that is not this project's "
-                           f"locked Prefect server (it does not accept the credential in {_run_dir() / 'api-auth'}): "
-                           "another user's server, an older unlocked one (`alignment stop`, or stop it by hand), or "
-                           "another program. Stop it, or use another port: ALIGNMENT_PREFECT_PORT=4300")
-    if _pid("server") is None:
-        origin = f"http://127.0.0.1:{parsed.port or DEFAULT_PORT}"
-        locked = {"PREFECT_SERVER_API_AUTH_STRING": credential(), "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
+    if state == "foreign":  # nothing secret was sent: refuse, naming the port and the fix
+        raise NotOurServer(_refusal(not_our_server() or "it does not accept this project's credential"))
+    if _pid("server") is None:  # down; a live recorded server is still starting: wait for it
+        origin = f"http://127.0.0.1:{_port()}"
+        fresh = _new_credential()  # the server's own services are clients of its API too
+        locked = {"PREFECT_SERVER_API_AUTH_STRING": fresh, "PREFECT_API_AUTH_STRING": fresh,
+                  "PREFECT_SERVER_CSRF_PROTECTION_ENABLED": "true",
                   "PREFECT_SERVER_CORS_ALLOWED_ORIGINS": origin, "PREFECT_SERVER_CORS_ALLOWED_METHODS": "*",
                   "PREFECT_SERVER_CORS_ALLOWED_HEADERS": "*"}
         _spawn("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                          "--port", str(parsed.port or DEFAULT_PORT), "--analytics-off"], env=locked)
+                          "--port", str(_port()), "--analytics-off"], env=locked)
     deadline = time.time() + timeout
     while time.time() < deadline:
         if healthy():
+            connect()
             _mark_orphaned_runs()
             return api_url()
         if _pid("server") is None:
             break
         time.sleep(0.5)
+    why = not_our_server() if _pid("server") is not None else None
+    if why and "does not answer yet" not in why:
+        raise NotOurServer(_refusal(why))
     raise RuntimeError(f"the Prefect server did not come up within {timeout:.0f} s; see {_run_dir() / 'server.log'}")
 
 
@@ -236,7 +322,10 @@ def _mark_orphaned_runs() -> list[str]:
 def reachable(timeout: float = 10.0) -> Exception | None:
     """None when the Prefect API this process talks to (the active settings: ours, another server, Prefect
     Cloud, a test harness) answers `/health`; else the error. One plain request, none of the Prefect
-    client's retries (about a minute for a refused connection), so a server that died is known at once."""
+    client's retries (about a minute for a refused connection), so a server that died is known at once.
+    A loopback API this process holds a credential for must still be our recorded server process (the
+    listener proof, no request needed): a port taken over after our server died is refused before this
+    process's clients send it anything more. `/health` is open, so it is asked without the credential."""
     import httpx
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
@@ -251,13 +340,22 @@ def reachable(timeout: float = 10.0) -> Exception | None:
         cert = PREFECT_API_SSL_CERT_FILE.value()
         verify = False if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value() else (
             ssl.create_default_context(cafile=cert) if cert else True)
+    if not url:
+        return RuntimeError("no Prefect API configured")
     headers = {}
-    if auth:
+    if _is_local(url):
+        if auth:
+            from alignment.listeners import not_ours
+
+            record = processes.record("server")
+            pid = record[0] if record else None
+            why = not_ours(urlparse(url).port or DEFAULT_PORT, pid, processes.start_time(pid) if pid else None)
+            if why is not None:
+                return NotOurServer(_refusal(why))
+    elif auth:
         headers.update(basic_auth(auth))
     elif key:
         headers["Authorization"] = f"Bearer {key}"
-    if not url:
-        return RuntimeError("no Prefect API configured")
     try:
         httpx.get(url.rstrip("/") + "/health", headers=headers, timeout=timeout, verify=verify).raise_for_status()
     except httpx.HTTPError as e:
@@ -265,35 +363,44 @@ def reachable(timeout: float = 10.0) -> Exception | None:
     return None
 
 
-def _fingerprint(*recipes: str) -> str:
-    """Recipes, flow code and the parameter policy: a change means the serve process must restart."""
+def _fingerprint(recipes: list[str], policy: list[str]) -> str:
+    """Recipes, flow code, the parameter policy and the server's credential: a change of any means the
+    serve process must restart (its runs are checked against what it loaded)."""
     h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
-    h.update(os.environ.get("ALIGNMENT_ALLOW_UNSAFE_PARAMETERS", "0").encode())
+    h.update("\0".join(policy).encode())
+    h.update(credential().encode())
     for p in sorted((ROOT / "flows").glob("*.py")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
 def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai", rlhf_recipe: str = "rlhf",
-                   iterative_recipe: str = "iterative-dpo", timeout: float = 120.0) -> None:
-    """Run `python -m flows.serve` in the background; restart it if a recipe or the flow code changed."""
+                   iterative_recipe: str = "iterative-dpo", allow: list[str] = (), allow_files: list[str] = (),
+                   unsafe: bool = False, timeout: float = 120.0) -> None:
+    """Run `python -m flows.serve` in the background; restart it if a recipe, the flow code or the
+    parameter policy (`allow`: KEY[=MIN..MAX], `allow_files`: KEY, `unsafe`) changed."""
+    from flows.serve import deployments, parse_allow
+
+    recipes = [recipe, cai_recipe, rlhf_recipe, iterative_recipe]
+    # every recipe and allowlist checks out before anything starts (errors name the rule and the fix)
+    names = [f"{d.flow_name}/{d.name}" for d, _ in deployments(*recipes, parse_allow(list(allow), list(allow_files)), unsafe)]
     ensure_server()
-    fp = _fingerprint(recipe, cai_recipe, rlhf_recipe, iterative_recipe)
+    policy = [*(f"--allow={a}" for a in allow), *(f"--allow-file={a}" for a in allow_files)]
+    policy += ["--allow-unsafe-parameters"] if unsafe else []
+    fp = _fingerprint(recipes, policy)
     pid = _pid("serve")
     if pid is not None:
         if processes.record("serve")[1] == [fp]:
             return
         active = _active_runs()
         if active:
-            raise RuntimeError(f"the serve process has {active} run(s) in progress and the recipes or flow code "
-                               "changed; wait for them (`alignment wait`) or stop it (`alignment stop`), then serve")
+            raise RuntimeError(f"the serve process has {active} run(s) in progress and the recipes, flow code or "
+                               "parameter policy changed; wait for them (`alignment wait`) or stop it (`alignment "
+                               "stop`), then serve")
         stop("serve")
-    from flows.serve import deployments
-
-    names = [f"{d.flow_name}/{d.name}" for d in deployments(recipe, cai_recipe, rlhf_recipe, iterative_recipe)]
     started = time.time()
     _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe,
-                     "--rlhf-recipe", rlhf_recipe, "--iterative-recipe", iterative_recipe], extra=fp)
+                     "--rlhf-recipe", rlhf_recipe, "--iterative-recipe", iterative_recipe, *policy], extra=fp)
     while time.time() < started + timeout:
         if _pid("serve") is None:
             raise RuntimeError(f"the serve process exited; see {_run_dir() / 'serve.log'}")

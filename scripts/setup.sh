@@ -24,18 +24,23 @@ if [ "$(cat .venv/.alignment-stamp 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > .venv/.alignment-stamp
 fi
-# The activate additions, versioned: an older block is replaced (2: the local API's credential).
-if ! grep -q ">>> alignment 2 >>>" .venv/bin/activate; then
+# The activate additions, versioned: an older block is replaced (3: the credential only for a proven server).
+if ! grep -q ">>> alignment 3 >>>" .venv/bin/activate; then
   sed -i '/^# >>> alignment/,/^# <<< alignment <<</d' .venv/bin/activate
   cat >> .venv/bin/activate <<ACT
-# >>> alignment 2 >>>  (written by scripts/setup.sh)
+# >>> alignment 3 >>>  (written by scripts/setup.sh)
 export ALIGNMENT_HOME="\${ALIGNMENT_HOME:-$root/.alignment}"
 export PREFECT_HOME="\${PREFECT_HOME:-$root/.alignment/prefect}"
 export PREFECT_LOCAL_STORAGE_PATH="\${PREFECT_LOCAL_STORAGE_PATH:-$root/.alignment/prefect-results}"
 export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-# the local server's credential (made once, mode 0600): \`prefect ...\` commands send it
-export PREFECT_API_AUTH_STRING="\${PREFECT_API_AUTH_STRING:-\$("\$VIRTUAL_ENV/bin/python" -c 'from flows.server import credential; print(credential())')}"
+# \`prefect ...\` gets the local server's credential for that one command, and only once the listener on
+# its port is proven to be the server this project started (\`alignment credential\`); it is never exported
+prefect() {
+  local auth
+  auth=\$("\$VIRTUAL_ENV/bin/alignment" credential) || return 1
+  if [ -n "\$auth" ]; then PREFECT_API_AUTH_STRING="\$auth" command prefect "\$@"; else command prefect "\$@"; fi
+}
 # <<< alignment <<<
 ACT
 fi

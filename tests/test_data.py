@@ -113,3 +113,33 @@ def test_missing_and_empty_files(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(DataError, match="no rows"):
         load_data(DataSpec(path=str(tmp_path / "empty.jsonl")), "sft")
+
+
+def test_a_gzip_bomb_is_refused_before_it_is_in_memory(tmp_path):
+    """100 MiB of newlines gzip to about 100 KB (a 1000× expansion): refused while decompressing, naming
+    the file and the fix; a real data set's ratio (HH-RLHF: 4.4×) is far below the limit."""
+    bomb = tmp_path / "bomb.jsonl.gz"
+    bomb.write_bytes(gzip.compress(b"\n" * (100 << 20), compresslevel=9))
+    assert bomb.stat().st_size < 200_000
+    with pytest.raises(DataError, match="bomb.jsonl.gz: expands past .* bytes from"):
+        load_data(DataSpec(path=str(bomb)), "preference")
+
+
+def test_a_hub_data_set_whose_card_names_local_files_is_refused(tmp_path, monkeypatch):
+    """A data set card may list `data_files` by absolute path, and `datasets` resolves them on this machine:
+    a hub id would read a local file. The repository is a local copy of such a card (no hub here), handed
+    to `datasets` exactly as the hub's would be; without the check it reads the secret."""
+    import datasets
+
+    secret = tmp_path / "secret.jsonl"
+    secret.write_text('{"prompt": "the machine owner\'s private file"}\n')
+    repo = tmp_path / "someone--data"
+    repo.mkdir()
+    (repo / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n"
+                                    f"    path: {secret}\n---\n")
+    real = datasets.load_dataset_builder
+    assert datasets.load_dataset(str(repo), split="train")[0]["prompt"].startswith("the machine owner"), "the attack"
+    monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name=None, **kw: real(str(repo), name, **kw))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("loaded after all"))
+    with pytest.raises(DataError, match=f"hub data set 'someone/data': its card names files outside the hub .*{secret}"):
+        load_data(DataSpec(path="someone/data"), "prompt")

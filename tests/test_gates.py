@@ -11,7 +11,7 @@ import time
 import pytest
 from prefect_api import artifacts, task_states
 
-from alignment.config import GateCondition
+from alignment.config import GateCondition, ModelSpec
 
 
 def cond(**kw) -> GateCondition:
@@ -125,7 +125,10 @@ def test_the_approval_gate_waits_for_a_person(recipe, home):
     state, fr = run(recipe, overrides)
     answering.join(timeout=10)
     assert state.is_completed(), state.message
-    assert state.result()["release"] == {"promoted": False, "approved": False, "reviewer": "ana", "comment": "too short"}
+    rejected = state.result()["release"]
+    assert {k: rejected[k] for k in ("promoted", "approved", "reviewer", "comment")} == {
+        "promoted": False, "approved": False, "reviewer": "ana", "comment": "too short"}
+    assert rejected["artifact_id"].startswith("dpo/")
     assert not (home / "releases" / "approval-test").exists() and "promote" not in task_states(fr)
     assert "Rejected by ana" in artifacts(fr)["sft-to-dpo-release"].data
     assert "approve" in artifacts(fr)["sft-to-dpo-approval"].data
@@ -134,24 +137,46 @@ def test_the_approval_gate_waits_for_a_person(recipe, home):
     state, fr = run(recipe, overrides)
     answering.join(timeout=10)
     release = state.result()["release"]
-    assert release["promoted"] and release["approval"] == {"approved": True, "reviewer": "bo", "comment": "looks fine"}
+    assert release["promoted"] and {k: release["approval"][k] for k in ("approved", "reviewer", "comment")} == {
+        "approved": True, "reviewer": "bo", "comment": "looks fine"}
+    assert release["approval"]["artifact_id"] == release["artifact_id"], "the approval names what it released"
     assert json.loads((home / "releases" / "approval-test" / "current.json").read_text())["version"] == 1
 
 
-def test_deployment_parameters_may_not_loosen_gates_or_skip_approval(tiny_recipe):
-    from flows.policy import release_problems
+def test_an_approval_is_bound_to_the_artifact_and_the_gate_results(built_dpo):
+    """The approval's key names what is approved: another artifact, or other gate numbers, is another
+    question (an answer stored for model A is never returned for model B)."""
+    from alignment.config import ModelSpec
+    from flows.gates import Gates, approval_question
 
-    served = {**tiny_recipe.model_dump(mode="json"), "gates": [{"step": "dpo", "metric": "train_pairs", "minus": None,
-                                                                "op": ">=", "value": 8.0}],
-              "promote": {"approval": True, "timeout_s": 60, "name": None, "hub_repo": None, "token_env": "HF_TOKEN"}}
-    same = tiny_recipe.model_validate(served)
-    assert release_problems(same, served) == []
-    dropped = same.model_copy(update={"gates": []})
-    assert "gates" in release_problems(dropped, served)[0]
-    loosened = same.model_copy(update={"gates": [same.gates[0].model_copy(update={"value": 0.0})]})
-    assert "gates" in release_problems(loosened, served)[0]
-    skipped = same.model_copy(update={"promote": same.promote.model_copy(update={"approval": False})})
-    assert "promote" in release_problems(skipped, served)[0]
+    gates = Gates([])
+    gates.results = [{"condition": "dpo: train_pairs >= 8", "value": 16.0, "passed": True}]
+    key, subject = approval_question(ModelSpec(name=built_dpo["a"]), gates)
+    other, other_subject = approval_question(ModelSpec(name=built_dpo["b"]), gates)
+    assert key != other and subject["artifact_id"] != other_subject["artifact_id"]
+    gates.results = [{"condition": "dpo: train_pairs >= 8", "value": 9.0, "passed": True}]
+    assert approval_question(ModelSpec(name=built_dpo["a"]), gates)[0] != key
+
+
+@pytest.fixture
+def built_dpo(store):
+    from alignment.config import DataSpec, SFTStageConfig
+    from alignment.stages import sft
+
+    made = {}
+    for name, lr in (("a", 1e-3), ("b", 2e-3)):
+        made[name] = sft.run(SFTStageConfig(model=ModelSpec(name="tiny-random"),
+                                            data=DataSpec(path="data/sft_train.jsonl", max_rows=4),
+                                            train={"max_steps": 1, "batch_size": 4, "max_length": 64,
+                                                   "learning_rate": lr})).path
+    return made
+
+
+def test_a_release_refuses_an_approval_of_another_artifact(built_dpo):
+    from alignment.releases import promote
+
+    with pytest.raises(ValueError, match="an approval releases only the artifact it was asked about"):
+        promote("x", built_dpo["a"], run={}, gates=[], approval={"approved": True, "artifact_id": "sft/other"})
 
 
 def test_a_hub_push_that_cannot_happen_is_recorded_without_the_token(tmp_path, monkeypatch):

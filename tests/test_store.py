@@ -121,3 +121,35 @@ def test_an_old_manifest_without_file_records_counts_as_damaged(built, store):
     manifest.write_text(json.dumps(data))
     assert store.problem("sft", built.key).startswith("manifest.json is unreadable or has no file records")
     assert ArtifactStore().complete("sft", built.key) is False
+
+
+def test_a_manifest_cannot_make_the_store_read_files_outside_the_artifact(built, store, tmp_path):
+    """Manifest entries are confined to the artifact: an absolute path, a `..` part or a symlink on the
+    way make the artifact damaged (set aside and rebuilt), and the file named outside is never opened."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not the store's")
+    root = Path(built.path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for rel, why in ((str(secret), "outside the artifact"), ("../../../secret.txt", "outside the artifact"),
+                     ("model/link.txt", "symbolic link")):
+        damaged = {**manifest, "files": {**manifest["files"], rel: {"size": 15, "sha256": sha256_file(secret)}}}
+        writable(root / "manifest.json")
+        (root / "manifest.json").write_text(json.dumps(damaged))
+        if rel == "model/link.txt":
+            os.chmod(root / "model", 0o755)
+            (root / "model" / "link.txt").symlink_to(secret)
+        assert why in store.problem("sft", built.key, full=True), rel
+        (root / "model" / "link.txt").unlink(missing_ok=True)
+    assert secret.read_text() == "not the store's"
+
+
+def test_a_symlinked_artifact_directory_is_moved_aside_without_touching_its_target(built, store, tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    os.chmod(target, 0o500)
+    link = store.path("sft", "f" * 20)
+    link.symlink_to(target, target_is_directory=True)
+    assert "symbolic link" in store.problem("sft", "f" * 20)
+    moved = store.set_aside("sft", "f" * 20, "test")
+    assert moved.is_symlink() and not os.path.lexists(link)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o500, "no chmod through the link"

@@ -31,9 +31,11 @@ from alignment.config.base import (  # noqa: F401
     TrainSpec,
 )
 from alignment.config.recipes import (  # noqa: F401
+    AllowRule,
     ConstitutionalAIRecipe,
     GateCondition,
     IterativeDPORecipe,
+    ParameterPolicy,
     PromoteOptions,
     RecipeBase,
     RLHFRecipe,

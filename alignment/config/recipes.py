@@ -92,6 +92,35 @@ class PromoteOptions(Strict):
                            description="Environment variable holding the hub token (never logged).")
 
 
+class AllowRule(Strict):
+    """A recipe key that deployment runs may change, within bounds. `key` is a dotted pattern: `*` stands
+    for one part, `**` for any number (``dpo.beta``, ``**.train.learning_rate``). Every bound given must
+    hold; a value the bounds do not speak to (a string for `min`) is refused."""
+
+    key: str = Field(..., pattern=r"^(\*\*|\*|[A-Za-z_][A-Za-z0-9_]*)(\.(\*\*|\*|[A-Za-z_][A-Za-z0-9_]*))*$",
+                     description="Dotted key pattern (`*`: one part, `**`: any number of parts).")
+    min: float | None = Field(None, description="Smallest value allowed.")
+    max: float | None = Field(None, description="Largest value allowed.")
+    max_factor: float | None = Field(None, gt=0, description="At most this many times the served value (when "
+                                     "that is positive): a ceiling on steps and epochs relative to the served run.")
+    choices: list[str | int | float | bool] | None = Field(None, description="The only values allowed.")
+    file: bool = Field(False, description="The value is a path: it must be an existing file inside the project "
+                       "(data and evaluation sets). Only for recipes without gates or promotion.")
+
+
+class ParameterPolicy(Strict):
+    """What deployment runs may change (`alignment serve` and `alignment deploy` record it with the served
+    recipe; the API cannot change it). Everything not allowed must equal the served value. Gates, promote,
+    judges, engines, launch, trackers, `trust_remote_code` and this section are never allowed; with gates
+    or promote, neither is anything a gate's numbers are measured on (data and evaluation files, `evaluate`,
+    `generation`). The tuning keys (README: "Deployment parameters") are allowed unless `tuning: false`."""
+
+    tuning: bool = Field(True, description="Allow the default tuning keys (learning rates, beta, loss type, KL "
+                         "coefficient, steps and epochs up to 4× the served values, seeds).")
+    allow: list[AllowRule] = Field(default_factory=list, description="More keys deployment runs may change, "
+                                   "e.g. {key: eval_prompts.path, file: true} or {key: dpo.beta, min: 0.05, max: 0.5}.")
+
+
 class RecipeBase(Strict):
     """What every recipe has: the start model, the held-out prompts and how they are answered (the
     `respond` steps), and the evaluation that judges those answers."""
@@ -112,6 +141,8 @@ class RecipeBase(Strict):
                                        "first step whose condition fails stops the flow (with a gate report).")
     promote: PromoteOptions | None = Field(None, description="Approve (optionally) and record the final model as "
                                            "a release; null: no promotion.")
+    parameters: ParameterPolicy = Field(default_factory=ParameterPolicy, description="What runs of this recipe's "
+                                        "deployments may change through the API (the served recipe is the rest).")
 
 
 class SftToDpoRecipe(RecipeBase):

@@ -2,12 +2,16 @@
 ``vllm serve`` that this engine starts on 127.0.0.1 and always stops (``close``, context exit, failure).
 
 Scoring uses vLLM's ``prompt_logprobs`` extension of ``/v1/completions``; a plain OpenAI endpoint can
-generate but not score. The key comes from the environment variable named by ``engine.api_key_env``
-and is sent only in the Authorization header.
+generate but not score. For a given endpoint the key comes from the environment variable named by
+``engine.api_key_env`` and is sent only in the Authorization header. A managed server gets a random key
+of its own (``VLLM_API_KEY`` in its environment, never on its command line) and is proven ours before
+any request carries it: the socket on its port must belong to the process we started or its child
+(``alignment.listeners``), and it must refuse a wrong key. The user's key never goes to a local server.
 """
 
 import atexit
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +27,8 @@ from alignment.config import EngineSpec, GenerationSpec, ModelSpec
 from alignment.config.base import recorded_url
 from alignment.generation.base import Chat, Completion, option_ids, prompt_ids
 from alignment.generation.vllm_engine import memory_share
-from alignment.processes import pid_file
+from alignment.listeners import not_ours
+from alignment.processes import pid_file, start_time
 
 
 class ServerError(RuntimeError):
@@ -72,6 +77,7 @@ class ManagedVLLMServer:
     def __init__(self, model_path: str, name: str, spec: EngineSpec, dtype: str = "auto"):
         self.model_path, self.name, self.spec, self.dtype = model_path, name, spec, dtype
         self.port = free_port()
+        self.key = secrets.token_urlsafe(24)  # this server's own; `--api-key` would show in `ps`
         self.proc: subprocess.Popen | None = None
         self.log = Path(tempfile.mkstemp(prefix="vllm-serve-", suffix=".log")[1])
 
@@ -91,9 +97,11 @@ class ManagedVLLMServer:
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
             _PREVIOUS_SIGTERM = signal.signal(signal.SIGTERM, _on_sigterm)
         guard = [sys.executable, "-m", "alignment.generation.guard", str(os.getpid()), str(GRACE_S), "--"]
+        env = {k: v for k, v in os.environ.items() if k != self.spec.api_key_env}  # the user's key stays here
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(guard + self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**env, "VLLM_API_KEY": self.key})
         _LIVE.add(self)
         self.pid_file = pid_file(f"vllm-{self.port}", self.proc.pid)
         deadline = time.time() + self.spec.server_timeout_s
@@ -105,6 +113,7 @@ class ManagedVLLMServer:
                                   f"last lines of {self.log}:\n{tail}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
+                    self.verify()
                     return self
             except httpx.HTTPError:
                 pass
@@ -112,6 +121,19 @@ class ManagedVLLMServer:
         self.stop()
         raise ServerError(f"vllm serve did not answer /health within {self.spec.server_timeout_s:.0f} s; "
                           f"see {self.log}:\n{self.tail()}")
+
+    def verify(self) -> None:
+        """The listener on our port is the server we started (or its child) and it refuses a wrong key;
+        else the server is stopped and the start fails, before our key was sent anywhere."""
+        why = not_ours(self.port, self.proc.pid, start_time(self.proc.pid))
+        if why is None:
+            wrong = {"Authorization": f"Bearer {secrets.token_urlsafe(24)}"}
+            status = httpx.get(f"{self.base_url}/models", headers=wrong, timeout=10).status_code
+            why = None if status == 401 else f"it answered a wrong key with HTTP {status} instead of 401"
+        if why is not None:
+            self.stop()
+            raise ServerError(f"127.0.0.1:{self.port} is not the vllm serve this run started ({why}); nothing was sent "
+                              "to it. Another process took the port: run again (a new port is chosen)")
 
     def tail(self, n: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
@@ -145,7 +167,7 @@ class OpenAIEngine:
     def __init__(self, base_url: str, model_name: str, tokenizer, spec: EngineSpec,
                  server: ManagedVLLMServer | None = None):
         self.base_url, self.model_name, self.tokenizer, self.server = base_url.rstrip("/"), model_name, tokenizer, server
-        key = os.environ.get(spec.api_key_env, "")
+        key = server.key if server is not None else os.environ.get(spec.api_key_env, "")
         self.client = httpx.Client(timeout=600, headers={"Authorization": f"Bearer {key}"} if key else {})
 
     @classmethod

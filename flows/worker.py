@@ -1,0 +1,71 @@
+"""`alignment worker --pool NAME`: Prefect's process worker, except that what a flow run process is comes
+from this machine, not from the API.
+
+A plain `prefect worker` builds each run's command, environment and working directory from the pool's
+base job template and the job variables of the deployment and the run, all of which a holder of the API
+credential can PATCH (`ALIGNMENT_HOME=/`, `PYTHONPATH`, the command itself). This worker throws that
+configuration away and runs every flow run as ``flows.deploy.command()`` in this checkout, with its own
+environment plus the literal settings of ``flows.deploy.run_environment``; a run that carries
+job variables is refused before anything starts. ``flows.pool_run`` then checks the deployment against
+what `alignment deploy` recorded. While the API is our local server, the worker stops when that
+server's process is gone (its polls would otherwise carry the credential to whoever takes the port).
+"""
+
+import asyncio
+import os
+import sys
+import threading
+import time
+
+from prefect.states import Failed
+from prefect.utilities.processutils import command_to_string
+from prefect.workers.process import ProcessWorker, ProcessWorkerResult
+
+from flows import deploy, server
+
+
+class AlignmentWorker(ProcessWorker):
+    type = "process"  # it serves `process` pools ...
+
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return "alignment-process"  # ... without replacing Prefect's ProcessWorker in its type registry
+
+    async def run(self, flow_run, configuration, task_status=None):
+        if flow_run.job_variables:
+            message = (f"refused: the run carries job_variables {sorted(flow_run.job_variables)}; what a pool's runs "
+                       "execute is fixed by `alignment deploy` and `alignment worker`")
+            await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+            self.get_flow_run_logger(flow_run).error(message)
+            if task_status is not None:
+                task_status.started(0)
+            return ProcessWorkerResult(identifier="refused", status_code=0)
+        configuration.command = command_to_string(deploy.command())
+        configuration.working_dir = server.ROOT
+        configuration.env = {**os.environ, **self.run_env, "PREFECT__FLOW_RUN_ID": str(flow_run.id)}
+        return await super().run(flow_run, configuration, task_status)
+
+
+def _watch_server() -> None:
+    from alignment import processes
+
+    while True:
+        if processes.live_pid("server") is None:
+            print("worker: the Prefect server's process is gone; stopping (start the worker again)", file=sys.stderr,
+                  flush=True)
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def main(pool: str, limit: int | None = None) -> None:
+    server.ensure_server()
+    from flows import served
+
+    if not served.folder(deploy.by(pool)).is_dir():
+        raise ValueError(f"--pool {pool}: nothing was deployed to it from this machine (no records in "
+                         f"{served.folder(deploy.by(pool))}); run `alignment deploy --pool {pool}` first")
+    if server.is_local_api():
+        threading.Thread(target=_watch_server, daemon=True, name="watch-server").start()
+    worker = AlignmentWorker(work_pool_name=pool, limit=limit)
+    worker.run_env = deploy.run_environment(pool)  # the records as they are now: runs are judged by these
+    asyncio.run(worker.start())
