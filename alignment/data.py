@@ -69,10 +69,10 @@ def data_identity(spec: DataSpec) -> dict[str, Any]:
 
 
 MAX_BYTES = 2 << 30  # a local data file larger than 2 GiB is refused (use a hub data set or split it)
-# A .gz that expands past 64 MiB by more than 100× is a decompression bomb, not data (JSONL text compresses
+# A .gz that expands past 16 MiB by more than 100× is a decompression bomb, not data (JSONL text compresses
 # 4-15×: HH-RLHF's harmless-base test split is 4.4×), and nothing decompresses past MAX_BYTES either; both
 # are checked while decompressing, so a bomb costs at most that much memory
-GZ_RATIO, GZ_RATIO_FROM = 100, 64 << 20
+GZ_RATIO, GZ_RATIO_FROM = 100, 16 << 20
 CHARS_PER_TOKEN = 4  # estimate of row length in tokens, before any tokenizer is loaded
 REFUSE_SHARE = 0.5  # more than half the rows unusable (identical pairs, over max_length): refused
 

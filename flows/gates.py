@@ -14,9 +14,10 @@
 - **Promote**: the `promote` task records the release (``alignment.releases``) and pushes it to a hub
   repository when one is configured and reachable.
 
-Gates and `promote` come from the served recipe: deployment parameters may not change them
-(``flows.policy``). The trust boundary is the API credential: whoever holds it can also resume a run
-(approve it) or edit a deployment, so the reviewer's name is what they type, not an identity.
+Gates and `promote`, and what the gates measure, come from the served recipe: deployment parameters may
+not change them (``flows.policy``). An approval is bound to the artifact and gate results it was asked
+about (``approval_question``): a run changed while it waits asks again. Whoever holds the API credential
+can resume a run (approve it), so the reviewer's name is what they type, not an identity.
 """
 
 import functools

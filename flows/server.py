@@ -2,7 +2,8 @@
 
 Defaults (each honoured only when not already set in the environment): the API at
 http://127.0.0.1:4200/api, ``PREFECT_HOME`` under ``$ALIGNMENT_HOME/prefect`` (SQLite), telemetry off.
-A ``PREFECT_API_URL`` that points elsewhere is used as is and no server is started.
+A ``PREFECT_API_URL`` that points elsewhere (another host, or another local port) is used as is: no server is
+started there and this project's credential is never sent to it.
 
 The local server is locked: it asks for a credential (HTTP basic, Prefect's ``PREFECT_SERVER_API_AUTH_STRING``)
 kept in ``$ALIGNMENT_HOME/run/api-auth`` (mode 0600) and made anew, at random, every time this module
@@ -63,7 +64,18 @@ def apply_defaults() -> dict[str, str]:
 
 
 def _is_local(url: str) -> bool:
-    return urlparse(url).hostname in ("127.0.0.1", "localhost")
+    """`url` is the project's own server: loopback, on the project's port (`ALIGNMENT_PREFECT_PORT`, 4200).
+    Another local URL (a server of the user's own, a test harness) is used as is, like a remote one: never
+    started, never proven, never sent this project's credential."""
+    try:
+        parsed = urlparse(url)
+        return parsed.hostname in ("127.0.0.1", "localhost") and (parsed.port or 80) == _our_port()
+    except ValueError:
+        return False
+
+
+def _our_port() -> int:
+    return int(os.environ.get("ALIGNMENT_PREFECT_PORT", str(DEFAULT_PORT)))
 
 
 def credential_path() -> Path:
@@ -71,7 +83,7 @@ def credential_path() -> Path:
 
 
 def is_local_api() -> bool:
-    """The configured API is the project's own local server (which asks for `credential()`)."""
+    """The configured API is the project's own local server (which asks for `credential()`; `_is_local`)."""
     return _is_local(api_url())
 
 
@@ -229,6 +241,7 @@ def ensure_server(timeout: float = 90.0) -> str:
     if not _is_local(api_url()):
         try:
             if reachable(timeout=5.0) is None:
+                _mark_orphaned_runs()  # runs of this home's processes there, killed meanwhile
                 return api_url()
         except Exception:  # noqa: BLE001 - reported below
             pass

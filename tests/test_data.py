@@ -3,6 +3,7 @@ import json
 
 import pandas as pd
 import pytest
+from refusals import note
 
 from alignment.config import DataFormat, DataSpec
 from alignment.data import DataError, detect_format, load_data, parse_hh_text
@@ -119,10 +120,13 @@ def test_a_gzip_bomb_is_refused_before_it_is_in_memory(tmp_path):
     """100 MiB of newlines gzip to about 100 KB (a 1000× expansion): refused while decompressing, naming
     the file and the fix; a real data set's ratio (HH-RLHF: 4.4×) is far below the limit."""
     bomb = tmp_path / "bomb.jsonl.gz"
-    bomb.write_bytes(gzip.compress(b"\n" * (100 << 20), compresslevel=9))
+    with gzip.open(bomb, "wb", compresslevel=9) as f:  # written in blocks: the test holds no 100 MiB either
+        for _ in range(100):
+            f.write(b"\n" * (1 << 20))
     assert bomb.stat().st_size < 200_000
-    with pytest.raises(DataError, match="bomb.jsonl.gz: expands past .* bytes from"):
+    with pytest.raises(DataError, match="bomb.jsonl.gz: expands past .* bytes from") as e:
         load_data(DataSpec(path=str(bomb)), "preference")
+    note("7", f"a .jsonl.gz of {bomb.stat().st_size} bytes that expands to 100 MiB", str(e.value))
 
 
 def test_a_hub_data_set_whose_card_names_local_files_is_refused(tmp_path, monkeypatch):
@@ -141,5 +145,6 @@ def test_a_hub_data_set_whose_card_names_local_files_is_refused(tmp_path, monkey
     assert datasets.load_dataset(str(repo), split="train")[0]["prompt"].startswith("the machine owner"), "the attack"
     monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name=None, **kw: real(str(repo), name, **kw))
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("loaded after all"))
-    with pytest.raises(DataError, match=f"hub data set 'someone/data': its card names files outside the hub .*{secret}"):
+    with pytest.raises(DataError, match=f"hub data set 'someone/data': its card names files outside the hub .*{secret}") as e:
         load_data(DataSpec(path="someone/data"), "prompt")
+    note("6", "a hub data set whose card lists an absolute data_files path", str(e.value))

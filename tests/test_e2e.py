@@ -1,7 +1,12 @@
 """End to end, as a user drives it: `alignment serve` starts a real Prefect server and serves the
 deployments (tiny recipe), `prefect deployment run` runs the flow and then `rerun-dpo`, and headless
-Chromium opens the finished run's page in the UI and finds the artifacts (screenshot saved)."""
+Chromium opens the finished run's page in the UI and finds the artifacts (screenshot saved). Then what
+a holder of the API credential tries (the security review's findings, each through the real API): a
+PATCHed deployment, a run with its own job variables, overrides that would re-point the gates, a model
+changed while its approval waits, and a work pool whose template and deployment are PATCHed under a
+real `alignment worker`."""
 
+import copy
 import json
 import os
 import re
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from refusals import note
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output"
@@ -34,9 +40,7 @@ def env(home, tmp_path_factory):
          "PREFECT_LOCAL_STORAGE_PATH": str(tmp / "results"), "ALIGNMENT_PREFECT_PORT": str(port),
          "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PYTHONUNBUFFERED": "1"}
     e["ALIGNMENT_HOME"] = str(home)
-    from flows import server
-
-    e["PREFECT_API_AUTH_STRING"] = server.credential()  # what the activated environment exports
+    e.pop("PREFECT_API_AUTH_STRING", None)  # `served_runs` sets it once the server is up and proven
     yield e
     subprocess.run([sys.executable, "-m", "flows.cli", "stop"], env=e, cwd=ROOT, capture_output=True)
 
@@ -57,8 +61,18 @@ def headers(env: dict) -> dict[str, str]:
     return {**auth, "Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": "e2e"}
 
 
-def api(env: dict, path: str, body: dict) -> list[dict]:
-    r = httpx.post(env["PREFECT_API_URL"] + path, json=body, headers=headers(env), timeout=30)
+def api(env: dict, path: str, body: dict, method: str = "POST"):
+    for attempt in range(6):  # SQLite busy under the serve process's polling: 503, which Prefect's client retries too
+        r = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, headers=headers(env), timeout=30)
+        if r.status_code != 503:
+            break
+        time.sleep(0.5 * 2**attempt)
+    r.raise_for_status()
+    return r.json() if r.content else None
+
+
+def get(env: dict, path: str):
+    r = httpx.get(env["PREFECT_API_URL"] + path, headers=headers(env), timeout=30)
     r.raise_for_status()
     return r.json()
 
@@ -79,6 +93,11 @@ def task_states(env: dict, flow_run_id: str) -> dict[str, str]:
 def served_runs(env):
     out = sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny"], env, 240)
     assert "Serving deployments" in out
+    # what the activated shell's `prefect` gets for each command: the credential of the proven server
+    cred = subprocess.run([sys.executable, "-m", "flows.cli", "credential"], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert cred.returncode == 0 and cred.stdout.startswith("alignment:"), cred.stderr
+    env["PREFECT_API_AUTH_STRING"] = cred.stdout.strip()
     first = deployment_run(env, "sft-to-dpo/sft-to-dpo")
     rerun = deployment_run(env, "sft-to-dpo/rerun-dpo")
     return first, rerun
@@ -183,8 +202,52 @@ def test_deployment_parameters_may_not_turn_on_remote_code(env, served_runs):
                        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", p.stdout + p.stderr).group(1)
     run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()
-    assert run["state"]["name"] == "Failed" and "model.trust_remote_code = true" in run["state"]["message"]
+    assert run["state"]["name"] == "Failed" and "model.trust_remote_code = True (served: False)" in run["state"]["message"]
     assert task_states(env, run_id) == {}, "refused before any step ran"
+
+
+def final_state(env: dict, run_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = get(env, f"/flow_runs/{run_id}")["state"]
+        if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return state
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not end: {state}")
+
+
+def test_a_deployment_patched_through_the_api_is_not_what_was_served(env, served_runs):
+    """Finding 3: one PATCH makes hostile values the deployment's own parameters in the API; the run is
+    judged by the record the serve process wrote when it loaded the recipe, and refused before any step."""
+    dep = get(env, "/deployments/name/sft-to-dpo/sft-to-dpo")
+    hostile = copy.deepcopy(dep["parameters"])
+    hostile["recipe"]["model"]["trust_remote_code"] = True
+    hostile["recipe"]["sft"]["data"]["path"] = "someone/elses-data"
+    api(env, f"/deployments/{dep['id']}", {"parameters": hostile}, method="PATCH")
+    try:
+        assert get(env, f"/deployments/{dep['id']}")["parameters"]["recipe"]["model"]["trust_remote_code"] is True
+        run = api(env, f"/deployments/{dep['id']}/create_flow_run", {})
+        state = final_state(env, run["id"])
+    finally:
+        api(env, f"/deployments/{dep['id']}", {"parameters": dep["parameters"]}, method="PATCH")
+    assert state["name"] == "Failed", state
+    assert "model.trust_remote_code = True (served: False)" in state["message"], state["message"]
+    assert "sft.data.path = 'someone/elses-data'" in state["message"]
+    note("3", "PATCH /deployments/{id} parameters (trust_remote_code, hub data), then a run of it", state["message"])
+    assert task_states(env, run["id"]) == {}, "refused before any step ran"
+
+
+def test_a_run_may_not_bring_its_own_job_variables(env, served_runs):
+    """Finding 2 for served runs: job variables (an environment that would lift the policy or move the
+    store) are refused, whatever they say."""
+    dep = get(env, "/deployments/name/sft-to-dpo/sft-to-dpo")
+    run = api(env, f"/deployments/{dep['id']}/create_flow_run", {"job_variables": {"env": {
+        "ALIGNMENT_ALLOW_UNSAFE_PARAMETERS": "1", "ALIGNMENT_HOME": "/"}}})
+    state = final_state(env, run["id"])
+    assert state["name"] == "Failed" and "job_variables = ['env']" in state["message"], state
+    assert task_states(env, run["id"]) == {}
+    note("2", "served run created with job_variables env ALIGNMENT_ALLOW_UNSAFE_PARAMETERS=1, ALIGNMENT_HOME=/",
+         state["message"])
 
 
 def flow_run_state(env: dict, run_id: str) -> dict:
@@ -241,26 +304,117 @@ def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, serv
     wait_for_state(env, run_id, {"Completed"})
     assert task_states(env, run_id)["promote"] == "Completed"
     record = json.loads((home / "releases" / "tiny-release" / "current.json").read_text())
-    assert record["approval"] == {"approved": True, "reviewer": "e2e-browser", "comment": "gates passed, answers read"}
+    assert record["approval"] == {"approved": True, "reviewer": "e2e-browser", "comment": "gates passed, answers read",
+                                  "artifact_id": record["artifact_id"], "gates_sha256": record["approval"]["gates_sha256"]}
     assert [g["passed"] for g in record["gates"]] == [True, True]
     assert record["run"]["flow_run_id"] == run_id
 
 
-def test_a_worker_runs_the_flows_from_a_work_pool(env, served_runs):
-    """`alignment deploy --pool` ties the deployments to a `process` work pool; a real `prefect worker` on
-    loopback picks the run up and runs it (every step from cache: the store is the one served runs filled)."""
+def test_overrides_that_would_re_point_the_gates_are_refused(env, served_runs):
+    """Finding 4 on the served `tiny-release` (2 gates, approval): someone else's training data, the benign
+    set as the red-team set, no judge, 4,096 processes, 10^12 steps: refused, each named, before any step."""
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    hostile = {"sft.data.path": "someone/elses-data", "evaluate.redteam_prompts.path": "data/benign_prompts.jsonl",
+               "evaluate.judge": None, "launch": {"num_processes": 4096}, "sft.train.max_steps": 10**12}
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    out = sh([prefect, "--no-prompt", "deployment", "run", "sft-to-dpo/sft-to-dpo", "-p",
+              f"overrides={json.dumps(hostile)}"], env, 120)
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    state = final_state(env, run_id)
+    assert state["name"] == "Failed", state
+    for named in ("sft.data.path = 'someone/elses-data'", "evaluate.redteam_prompts.path", "evaluate.judge = None",
+                  "launch = '<section>' (served: None)", "sft.train.max_steps = 1000000000000"):
+        assert named in state["message"], (named, state["message"])
+    assert task_states(env, run_id) == {}
+    note("4", f"tiny-release run with overrides {json.dumps(hostile)}", state["message"])
+
+
+def approval_asked(env: dict, run_id: str) -> str:
+    """The artifact id the run's latest approval request names."""
+    arts = api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]},
+                                                        "key": {"any_": ["sft-to-dpo-approval"]}}})
+    latest = max(arts, key=lambda a: a["created"])
+    return re.search(r"Model: `(dpo/[0-9a-f]+)`", latest["data"]).group(1)
+
+
+def test_an_approval_releases_only_the_model_it_was_asked_about(env, served_runs, home):
+    """Finding 5: while a run waits for approval its parameters are PATCHed (another DPO beta: another
+    model). The approval given for the first model does not release the second: the resumed run computes
+    the new model and asks again; only the second answer, about that model, releases it."""
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", sh([prefect, "--no-prompt", "deployment", "run",
+                                                     "sft-to-dpo/sft-to-dpo"], env, 120)).group(1)
+    assert wait_for_state(env, run_id, {"Suspended"})["name"] == "Suspended"
+    first = approval_asked(env, run_id)
+    params = get(env, f"/flow_runs/{run_id}")["parameters"]
+    api(env, f"/flow_runs/{run_id}", {"parameters": {**params, "overrides": {"dpo.beta": 0.35}}}, method="PATCH")
+    sh([sys.executable, "-m", "flows.cli", "approve", run_id, "--reviewer", "first", "--comment", "model A"], env)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # resumed, recomputed DPO, and asked about the new model
+        if flow_run_state(env, run_id)["name"] == "Suspended" and approval_asked(env, run_id) != first:
+            break
+        assert flow_run_state(env, run_id)["type"] not in ("FAILED", "CRASHED", "COMPLETED"), flow_run_state(env, run_id)
+        time.sleep(1)
+    second = approval_asked(env, run_id)
+    assert second != first, "a changed model is a new question"
+    sh([sys.executable, "-m", "flows.cli", "approve", run_id, "--reviewer", "second", "--comment", "model B"], env)
+    wait_for_state(env, run_id, {"Completed"})
+    record = json.loads((home / "releases" / "tiny-release" / "current.json").read_text())
+    assert record["run"]["flow_run_id"] == run_id
+    assert record["artifact_id"] == second and record["approval"]["artifact_id"] == second
+    assert record["approval"]["reviewer"] == "second"
+    note("5", "flow run parameters PATCHed (dpo.beta) while suspended, then approved",
+         f"asked about {first}, resumed and asked again about {second}; released {record['artifact_id']} "
+         f"v{record['version']} on the second answer only")
+
+
+def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
+    """Finding 2 for pools: `alignment deploy` makes the pool's template literal and records what it
+    deployed; a real `alignment worker` runs the flow (every step from cache) although the pool's template
+    was PATCHed to another command; a run with job variables, and a deployment whose entrypoint and pull
+    steps were PATCHed (a shell step that would write a file), are refused before any flow code runs."""
     sh([sys.executable, "-c", "from flows import server; server.stop('serve')"], env)  # one runner per deployment
     out = sh([sys.executable, "-m", "flows.cli", "deploy", "--pool", "e2e-pool", "--recipe", "tiny"], env, 240)
     assert "deployed 8 deployments to pool 'e2e-pool'" in out
-    prefect = str(Path(sys.executable).with_name("prefect"))
+    pool = get(env, "/work_pools/e2e-pool")
+    job = pool["base_job_template"]["job_configuration"]
+    assert "flows.pool_run" in job["command"] and job["working_dir"] == str(ROOT)
+    assert "{{" not in json.dumps(job["env"]) and not {"env", "command", "working_dir"} & set(
+        pool["base_job_template"]["variables"]["properties"]), "nothing for a job variable to fill in"
+    marker = tmp_path / "pwned"
+    patched = copy.deepcopy(pool["base_job_template"])
+    patched["job_configuration"]["command"] = f"touch {marker}"
+    api(env, "/work_pools/e2e-pool", {"base_job_template": patched}, method="PATCH")
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
-    worker = subprocess.Popen([prefect, "worker", "start", "--pool", "e2e-pool", "--type", "process"], env=worker_env,
+    worker_env.pop("PREFECT_API_AUTH_STRING")  # the worker proves the server itself
+    worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "worker", "--pool", "e2e-pool"], env=worker_env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         run_id = deployment_run(env, "sft-to-dpo/sft-to-dpo")
-        run = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", headers=headers(env), timeout=30).json()
+        run = get(env, f"/flow_runs/{run_id}")
         assert run["work_pool_name"] == "e2e-pool" and run["state"]["name"] == "Completed"
         assert set(task_states(env, run_id).values()) == {"Cached"}
+        assert not marker.exists(), "the worker ran its own command, not the pool's"
+
+        dep = get(env, "/deployments/name/sft-to-dpo/sft-to-dpo")
+        with_vars = api(env, f"/deployments/{dep['id']}/create_flow_run",
+                        {"job_variables": {"env": {"ALIGNMENT_ALLOW_UNSAFE_PARAMETERS": "1"}}})
+        state = final_state(env, with_vars["id"])
+        assert state["name"] == "Failed" and "job_variables" in state["message"], state
+        assert task_states(env, with_vars["id"]) == {}
+        note("2", "pool template command PATCHed to `touch`: the run", "Completed, every step Cached; the touch never ran")
+        note("2", "pool run created with job_variables (alignment worker)", state["message"])
+
+        api(env, f"/deployments/{dep['id']}", {"entrypoint": "flows/cli.py:main", "pull_steps": [
+            {"prefect.deployments.steps.run_shell_script": {"script": f"touch {marker}"}}]}, method="PATCH")
+        repointed = api(env, f"/deployments/{dep['id']}/create_flow_run", {})
+        state = final_state(env, repointed["id"])
+        assert state["name"] == "Failed", state
+        assert "entrypoint differs" in state["message"] and "pull_steps differs" in state["message"], state["message"]
+        assert not marker.exists(), "the pull step never ran"
+        assert task_states(env, repointed["id"]) == {}
+        note("2", "PATCH /deployments/{id} entrypoint flows/cli.py:main + run_shell_script pull step", state["message"])
     finally:
         import signal
 

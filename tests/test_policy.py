@@ -175,3 +175,31 @@ def test_patterns():
     assert never("reward_mix.judge_weight") and never("evaluate.judge.model.name") and never("ppo.engine.base_url")
     assert never("sft.launch") and never("launch.num_processes") and never("dpo.train.report_to")
     assert not never("dpo.beta")
+
+
+def test_a_run_is_judged_by_the_records_its_serving_process_loaded(monkeypatch):
+    """``flows.served``: records are 0600 files whose digest the serving process puts in its runs'
+    environment; a run without that environment, a deployment nobody served, or records changed after
+    the process started are refused, each saying what to do."""
+    import stat
+
+    from flows import served
+
+    digest = served.write("test-serve", [{"flow": "sft-to-dpo", "deployment": "sft-to-dpo", "rules": [],
+                                          "parameters": {"recipe": {"x": 1}}, "unsafe": False}])
+    path = served.folder("test-serve") / "sft-to-dpo" / "sft-to-dpo.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.delenv(served.BY_ENV, raising=False)
+    with pytest.raises(served.NotServed, match="not started by `alignment serve` or `alignment worker`"):
+        served.load("sft-to-dpo", "sft-to-dpo")
+    monkeypatch.setenv(served.BY_ENV, "test-serve")
+    monkeypatch.setenv(served.DIGEST_ENV, digest)
+    assert served.load("sft-to-dpo", "sft-to-dpo")["parameters"] == {"recipe": {"x": 1}}
+    with pytest.raises(served.NotServed, match="a deployment created through the API is not one of ours"):
+        served.load("sft-to-dpo", "made-through-the-api")
+    with pytest.raises(served.NotServed, match="cannot name"):
+        served.load("sft-to-dpo", "../../api-auth")
+    path.chmod(0o600)
+    path.write_text(json.dumps({"flow": "sft-to-dpo", "deployment": "sft-to-dpo", "unsafe": True}))
+    with pytest.raises(served.NotServed, match="changed after the process running this deployment started"):
+        served.load("sft-to-dpo", "sft-to-dpo")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from refusals import note
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -90,6 +91,9 @@ def test_a_squatter_on_the_port_gets_no_credential_from_any_client(tmp_path, squ
     assert requests, "the clients did probe the port"
     assert all(r["authorization"] is None for r in requests), requests
     assert {r["path"] for r in requests} <= {"/api/health"}, requests
+    note("1", "a squatter answering 200 to everything on the server's port; `alignment serve` (also summary, wait, "
+         "credential, approve, `prefect` in the activated shell)", f"{p.stderr.strip()} — the squatter saw "
+         f"{len(requests)} requests, {sum(bool(r['authorization']) for r in requests)} with an Authorization header")
 
 
 def test_our_own_process_on_the_port_must_still_refuse_a_wrong_credential(tmp_path, squatter):
@@ -111,6 +115,7 @@ def test_our_own_process_on_the_port_must_still_refuse_a_wrong_credential(tmp_pa
     import base64
 
     assert ours is None or all(base64.b64decode(h.split()[1]).decode() != ours for h in sent), sent
+    note("1", "the squatter is the process our pid file names (an unlocked server of ours)", p.stderr.strip())
 
 
 def test_a_run_notices_a_squatter_before_its_next_stage_and_sends_it_nothing(tmp_path, squatter):
@@ -137,11 +142,12 @@ def test_a_managed_vllm_server_is_proven_ours_before_its_key_is_sent(tmp_path, s
     server.port = port
     server.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)  # "our" server, not the listener
     try:
-        with pytest.raises(ServerError, match=f"127.0.0.1:{port} is not the vllm serve this run started"):
+        with pytest.raises(ServerError, match=f"127.0.0.1:{port} is not the vllm serve this run started") as caught:
             server.verify()
     finally:
         server.proc.kill()
     assert seen(log) == []
+    note("6", "a managed vllm serve's port held by another process", str(caught.value))
     assert server.key not in " ".join(server.command())
     monkeypatch.setenv("OPENAI_API_KEY", "sk-users-own-key")
     engine = OpenAIEngine(server.base_url, "policy", tokenizer=None, spec=EngineSpec(kind=EngineKind.openai),

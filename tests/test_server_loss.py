@@ -76,7 +76,7 @@ def test_a_server_killed_mid_run_ends_the_run_clearly_and_a_rerun_reuses_what_wa
             assert f"wrote artifact {key}" not in out2, f"{key} was computed again:\n{out2[-3000:]}"
         assert "- sft: Cached" in out2, out2[-3000:]
         states = subprocess.run(
-            [sys.executable, "-c", "from flows import server; server.apply_defaults()\n"
+            [sys.executable, "-c", "from flows import server; server.apply_defaults(); server.connect()\n"
              "from prefect.client.orchestration import get_client\n"
              "with get_client(sync_client=True) as c:\n"
              "    print(sorted(r.state_name for r in c.read_flow_runs()))"],
