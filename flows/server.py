@@ -192,7 +192,8 @@ def _refusal(why: str) -> str:
     port = _port()
     return (f"port {port} on 127.0.0.1 is not this project's locked Prefect server ({why}); no credential was "
             f"sent to it. Stop whatever holds it (`alignment stop` for an older server of ours; `ss -ltnp "
-            f"'sport = :{port}'` shows the process), or use another port: ALIGNMENT_PREFECT_PORT={port + 100}")
+            f"'sport = :{port}'` shows the process), or use another port: ALIGNMENT_PREFECT_PORT={port + 100} "
+            f"PREFECT_API_URL=http://127.0.0.1:{port + 100}/api")
 
 
 def probe(timeout: float = 2.0) -> str:

@@ -24,15 +24,15 @@ if [ "$(cat .venv/.alignment-stamp 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > .venv/.alignment-stamp
 fi
-# The activate additions, versioned: an older block is replaced (3: the credential only for a proven server).
-if ! grep -q ">>> alignment 3 >>>" .venv/bin/activate; then
+# The activate additions, versioned: an older block is replaced (4: the credential only for a proven server).
+if ! grep -q ">>> alignment 4 >>>" .venv/bin/activate; then
   sed -i '/^# >>> alignment/,/^# <<< alignment <<</d' .venv/bin/activate
   cat >> .venv/bin/activate <<ACT
-# >>> alignment 3 >>>  (written by scripts/setup.sh)
+# >>> alignment 4 >>>  (written by scripts/setup.sh)
 export ALIGNMENT_HOME="\${ALIGNMENT_HOME:-$root/.alignment}"
 export PREFECT_HOME="\${PREFECT_HOME:-$root/.alignment/prefect}"
 export PREFECT_LOCAL_STORAGE_PATH="\${PREFECT_LOCAL_STORAGE_PATH:-$root/.alignment/prefect-results}"
-export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
+export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:\${ALIGNMENT_PREFECT_PORT:-4200}/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 # \`prefect ...\` gets the local server's credential for that one command, and only once the listener on
 # its port is proven to be the server this project started (\`alignment credential\`); it is never exported
