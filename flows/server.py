@@ -190,8 +190,8 @@ def _active_api_url() -> str | None:
 
 def _refusal(why: str) -> str:
     port = _port()
-    return (f"port {port} on 127.0.0.1 is not this project's locked Prefect server ({why}); no credential was "
-            f"sent to it. Stop whatever holds it (`alignment stop` for an older server of ours; `ss -ltnp "
+    return (f"port {port} on 127.0.0.1 is not this project's locked Prefect server ({why}); this project's "
+            f"credential was not sent to it. Stop whatever holds it (`alignment stop` for an older server of ours; `ss -ltnp "
             f"'sport = :{port}'` shows the process), or use another port: ALIGNMENT_PREFECT_PORT={port + 100} "
             f"PREFECT_API_URL=http://127.0.0.1:{port + 100}/api")
 

@@ -83,7 +83,7 @@ def test_a_squatter_on_the_port_gets_no_credential_from_any_client(tmp_path, squ
                            text=True, timeout=120)
         assert p.returncode != 0, (args, p.stdout, p.stderr)
         assert f"port {port} on 127.0.0.1 is not this project's locked Prefect server" in p.stderr, (args, p.stderr)
-        assert "no credential was sent" in p.stderr
+        assert "credential was not sent to it" in p.stderr
     shell = subprocess.run(["bash", "-c", ". .venv/bin/activate && prefect deployment ls"], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert shell.returncode != 0 and "is not this project's locked Prefect server" in shell.stderr, shell.stderr

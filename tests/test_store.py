@@ -141,7 +141,8 @@ def test_a_manifest_cannot_make_the_store_read_files_outside_the_artifact(built,
             (root / "model" / "link.txt").symlink_to(secret)
         problem = store.problem("sft", built.key, full=True)
         assert why in problem, rel
-        note("7", f"a manifest entry {rel!r}", f"damaged: {problem} (moved aside and rebuilt; the file is never opened)")
+        note("7", f"a manifest entry {rel.replace(str(tmp_path), '<tmp>')!r}",
+             f"damaged: {problem} (moved aside and rebuilt; the file is never opened)")
         (root / "model" / "link.txt").unlink(missing_ok=True)
     assert secret.read_text() == "not the store's"
 
