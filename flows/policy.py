@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MISSING = "<unset>"
 SEED = {"min": 0, "max": 2**31 - 1}
 
-# (pattern, bounds, why): the keys deployment runs may change by default (README "Deployment parameters")
+# (pattern, bounds, why): the keys deployment runs may change by default (README: the allowlist, under Security)
 TUNING: list[tuple[str, dict[str, Any], str]] = [
     ("**.train.learning_rate", {"min": 1e-7, "max": 1e-3}, "the step size; above 1e-3 fine-tunes of these models diverge"),
     ("**.value_learning_rate", {"min": 1e-6, "max": 1e-1}, "PPO's value head, a fresh linear layer"),
@@ -67,7 +67,7 @@ NEVER: list[tuple[str, str]] = [
     ("gates", "the gates guard the release"), ("gates.**", "the gates guard the release"),
     ("promote", "approval, release name and hub repository"), ("promote.**", "approval, release name and hub repository"),
     ("parameters", "this policy itself"), ("parameters.**", "this policy itself"),
-    ("launch", "processes and machines (a multi-node profile opens a rendezvous port)"),
+    ("launch", "processes and machines; a multi-node profile opens a rendezvous port"),
     ("launch.**", "processes and machines"), ("**.launch", "processes and machines"), ("**.launch.**", "processes and machines"),
     ("**.report_to", "trackers send data off the machine"),
     ("**.judge*", "judges"), ("**.judge*.**", "judges"),
@@ -242,7 +242,7 @@ def check(recipe: BaseModel) -> None:
     if found:
         raise PolicyError(f"deployment {record['flow']}/{record['deployment']}: parameters may not set: "
                           + "; ".join(found) + ". What runs may change is the served recipe's allowlist (README: "
-                          "Deployment parameters); for anything else edit the recipe and serve it again, or run "
+                          "the allowlist, under Security); for anything else edit the recipe and serve it again, or run "
                           "it in-process (`alignment run`)")
 
 

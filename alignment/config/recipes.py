@@ -113,7 +113,7 @@ class ParameterPolicy(Strict):
     recipe; the API cannot change it). Everything not allowed must equal the served value. Gates, promote,
     judges, engines, launch, trackers, `trust_remote_code` and this section are never allowed; with gates
     or promote, neither is anything a gate's numbers are measured on (data and evaluation files, `evaluate`,
-    `generation`). The tuning keys (README: "Deployment parameters") are allowed unless `tuning: false`."""
+    `generation`). The tuning keys (README: the allowlist, under Security) are allowed unless `tuning: false`."""
 
     tuning: bool = Field(True, description="Allow the default tuning keys (learning rates, beta, loss type, KL "
                          "coefficient, steps and epochs up to 4× the served values, seeds).")
