@@ -160,7 +160,7 @@ HUB_FILES = ("hf://", "https://huggingface.co/", "https://hf.co/")
 
 
 def _read_hub(spec: DataSpec) -> list[tuple[str, dict]]:
-    from datasets import load_dataset, load_dataset_builder
+    from datasets import load_dataset_builder
 
     # A hub data set's card can list `data_files` by absolute path, which `datasets` resolves on *this*
     # machine: a hub id would then read local files. Every file must come from the hub.
@@ -170,7 +170,8 @@ def _read_hub(spec: DataSpec) -> list[tuple[str, dict]]:
     if local:
         raise DataError(f"hub data set {spec.path!r}: its card names files outside the hub ({', '.join(local[:3])}); "
                         "a hub data set may only read its own files. Download what you want and pass a local file")
-    ds = load_dataset(spec.path, spec.subset, split=spec.split)
+    builder.download_and_prepare()  # the same builder, so the same files: the card is not read twice
+    ds = builder.as_dataset(split=spec.split)
     return [(f"row {i}", r) for i, r in enumerate(ds, 1)]
 
 

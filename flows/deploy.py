@@ -89,23 +89,29 @@ def deploy(pool: str, recipes: list[str]) -> list[str]:
 
     ensure_pool(pool)  # exists before the deployments name it; its template gets the final digest below
     made = []
+    deployed_flows = {load_recipe(r)[0] for r in recipes}
     for recipe_name in recipes:
         flow, recipe = load_recipe(recipe_name)
         module, fn, _ = FLOWS[flow]
         entrypoint = f"{module.replace('.', '/')}.py:{fn}"
         remote = flow_function(flow).from_source(source=str(ROOT), entrypoint=entrypoint)
+        pull = remote._storage.to_pull_step()  # noqa: SLF001 - what `deploy` sends as the pull steps
+        pull = pull if isinstance(pull, list) else [pull]
         params = {"recipe": recipe.model_dump(mode="json")}
         rules = [r.model_dump(mode="json") for r in rules_for(recipe)]
         for name, extra in [(flow, {}), *((f"rerun-{s}", {"refresh": [s]}) for s in steps(flow, recipe))]:
             deployment_id = remote.deploy(name=name, work_pool_name=pool, parameters={**params, **extra}, build=False,
                                           push=False, print_next_steps=False, tags=["alignment", "pool"],
                                           description=f"{flow} on recipe {recipe_path(recipe_name)} (pool {pool})")
-            with get_client(sync_client=True) as c:  # exactly what the API now holds, as we created it
+            with get_client(sync_client=True) as c:  # the API holds what we sent, or something changed it
                 d = c.read_deployment(deployment_id)
+            if (d.entrypoint, d.pull_steps, d.job_variables or None) != (entrypoint, pull, None):
+                raise RuntimeError(f"deployment {flow}/{name} changed while it was being created (entrypoint "
+                                   f"{d.entrypoint!r}, pull steps {d.pull_steps!r}); not recording it. Deploy again")
             made.append({"flow": flow, "deployment": name, "parameters": {**params, **extra}, "rules": rules,
-                         "unsafe": False, "entrypoint": d.entrypoint, "pull_steps": d.pull_steps,
-                         "job_variables": d.job_variables or None})
-    served.write(by(pool), made)
+                         "unsafe": False, "entrypoint": entrypoint, "pull_steps": pull, "job_variables": None})
+    kept = [r for r in served.records(by(pool)) if r["flow"] not in deployed_flows]  # the other flows' stand
+    served.write(by(pool), kept + made)
     ensure_pool(pool)
     return [f"{r['flow']}/{r['deployment']}" for r in made]
 

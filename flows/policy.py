@@ -133,6 +133,10 @@ def rules_for(recipe: BaseModel, extra: list[AllowRule] = ()) -> list[AllowRule]
             raise PolicyError(f"{where}: {rule.key!r} names no key of this recipe"
                               + (f" (keys ending like it: {', '.join(close)})" if close else ""))
         for key in hit:
+            if isinstance(leaves[key], list) or (leaves[key] is None and _section_field(recipe, key)):
+                raise PolicyError(f"{where}: {key} is a {'list' if leaves[key] is not None else 'section'}; "
+                                  "deployment parameters may change single values only (allow its fields, or set "
+                                  "it in the recipe and serve again)")
             if why := never(key):
                 raise PolicyError(f"{where}: {key} can never be changed by deployment parameters ({why}); change it "
                                   "in the recipe and serve again")
@@ -143,6 +147,24 @@ def rules_for(recipe: BaseModel, extra: list[AllowRule] = ()) -> list[AllowRule]
                 raise PolicyError(f"{where}: {key} {'is' if _is_path_key(key) else 'is not'} a file or model path; "
                                   f"{'add' if _is_path_key(key) else 'remove'} `file: true`")
     return (tuning_rules() if policy.tuning else []) + [r for _, r in own]
+
+
+def _section_field(model: BaseModel, key: str) -> bool:
+    """The field at dotted `key` (null in this recipe) holds a section (a model) when set."""
+    import types
+    import typing
+
+    node: Any = type(model)
+    for part in key.split("."):
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        options = typing.get_args(field.annotation) if union else (field.annotation,)
+        node = next((o for o in options if isinstance(o, type) and issubclass(o, BaseModel)), None)
+        if node is None:
+            return False
+    return True
 
 
 def _project_file(value: Any) -> str | None:
@@ -205,6 +227,9 @@ def violations(served: dict[str, Any], recipe: dict[str, Any], rules: list[Allow
         shown = f"{key} = {new!r} (served: {old!r})"
         if why := never(key):
             out.append(f"{shown}: never changed by deployment parameters ({why})")
+            continue
+        if "<section>" in (old, new) or isinstance(new, list) or isinstance(old, list):
+            out.append(f"{shown}: a section or list is set, removed or replaced only in the served recipe")
             continue
         rule = next((r for r in reversed(rules) if matches(r.key, key)), None)  # the last rule wins
         if rule is None:

@@ -38,16 +38,17 @@ def main() -> int:
     with get_client(sync_client=True) as c:
         run = c.read_flow_run(run_id)
         deployment = c.read_deployment(run.deployment_id) if run.deployment_id else None
+        advice = (". Deploy again (`alignment deploy --pool ...`) to change what the pool runs; runs may not carry "
+                  "job_variables")
         try:
             if deployment is None:
                 raise served.NotServed("a flow run without a deployment is not a pool run")
             record = served.load(c.read_flow(deployment.flow_id).name, deployment.name)
             found = refusal(run, deployment, record)
         except served.NotServed as e:
-            found = [str(e)]
+            found, advice = [str(e)], ""  # its message says what to do
         if found:
-            message = ("refused before any flow code ran: " + "; ".join(found) + ". Deploy again (`alignment deploy "
-                       "--pool ...`) to change what the pool runs; runs may not carry job_variables")
+            message = "refused before any flow code ran: " + "; ".join(found) + advice
             c.set_flow_run_state(run.id, Failed(message=message), force=True)
             print(message, file=sys.stderr)
             return 0  # the run is Failed with the reason; the worker need not report a crash on top

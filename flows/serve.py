@@ -16,9 +16,6 @@ Deployments (Prefect names are FLOW/DEPLOYMENT):
 
 import argparse
 import os
-import sys
-import threading
-import time
 
 from alignment.config import AllowRule
 from alignment.config.loader import RecipeError, recipe_path
@@ -83,20 +80,6 @@ def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitution
     return made
 
 
-def _watch_server() -> None:
-    """The serve process polls the API every 2 s with the credential: when our server's process is gone,
-    whatever takes its port next must get nothing, so the serve process ends at once (a restarted server
-    has a new credential anyway; `alignment serve` starts a new serve process)."""
-    from alignment import processes
-
-    while True:
-        if processes.live_pid("server") is None:
-            print("serve: the Prefect server's process is gone; stopping (run `alignment serve` again)",
-                  file=sys.stderr, flush=True)
-            os._exit(3)
-        time.sleep(0.5)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", default="sft-to-dpo", help="sft-to-dpo recipe (name under flows/recipes/ or path)")
@@ -110,15 +93,15 @@ def main() -> None:
     args = p.parse_args()
     from prefect import serve
 
-    from flows.server import is_local_api
+    from flows.server import is_local_api, watch
 
     made = deployments(args.recipe, args.cai_recipe, args.rlhf_recipe, args.iterative_recipe,
                        parse_allow(args.allow, args.allow_file), args.allow_unsafe_parameters)
     # the authority for every run: written before the first deployment exists, digest in the runs' environment
     os.environ[served.DIGEST_ENV] = served.write("serve", [record for _, record in made])
     os.environ[served.BY_ENV] = "serve"
-    if is_local_api():
-        threading.Thread(target=_watch_server, daemon=True, name="watch-server").start()
+    if is_local_api():  # its polls carry the credential: stop the moment the port is not our server
+        watch("serve")
     serve(*(d for d, _ in made), limit=args.limit, print_starting_message=True)
 
 

@@ -59,6 +59,12 @@ def write(by: str, records: list[dict[str, Any]]) -> str:
     return digest(by)
 
 
+def records(by: str) -> list[dict[str, Any]]:
+    """Every record of `by` (none yet: empty)."""
+    root = folder(by)
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))] if root.is_dir() else []
+
+
 def digest(by: str) -> str:
     """sha256 over every record of `by`, by relative path and content."""
     h = hashlib.sha256()

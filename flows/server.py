@@ -60,6 +60,10 @@ def apply_defaults() -> dict[str, str]:
     }
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
+    url = urlparse(os.environ["PREFECT_API_URL"])
+    if url.hostname == "localhost" and url.port == int(port):  # our server listens on 127.0.0.1 only; `localhost`
+        # may resolve to ::1 first, where anyone can listen: always ask the address the server is proven on
+        os.environ["PREFECT_API_URL"] = url._replace(netloc=f"127.0.0.1:{port}").geturl()
     return {k: os.environ[k] for k in defaults}
 
 
@@ -69,7 +73,7 @@ def _is_local(url: str) -> bool:
     started, never proven, never sent this project's credential."""
     try:
         parsed = urlparse(url)
-        return parsed.hostname in ("127.0.0.1", "localhost") and (parsed.port or 80) == _our_port()
+        return parsed.hostname == "127.0.0.1" and (parsed.port or 80) == _our_port()
     except ValueError:
         return False
 
@@ -168,6 +172,9 @@ def connect(timeout: float = 2.0) -> str:
     if not _is_local(url) or active != url:  # elsewhere, or a server Prefect's settings chose (a test
         return active or url                 # harness): not ours to prove, and our credential is not for it
     why = not_our_server(timeout)
+    if why == "nothing listens there":
+        raise NotOurServer(f"the local Prefect server is not running (nothing listens on 127.0.0.1:{_port()}); "
+                           "start it with `alignment serve` (or any `alignment run`)")
     if why is not None:
         raise NotOurServer(_refusal(why))
     os.environ["PREFECT_API_AUTH_STRING"] = credential()
@@ -249,6 +256,14 @@ def ensure_server(timeout: float = 90.0) -> str:
         raise RuntimeError(f"PREFECT_API_URL={api_url()} does not answer, and it is not a local server this tool "
                            "may start; start it, set PREFECT_API_AUTH_STRING or PREFECT_API_KEY, or unset "
                            "PREFECT_API_URL")
+    import fcntl
+
+    with open(_run_dir() / "server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two commands starting at once make one server and one credential
+        return _start_or_join(timeout)
+
+
+def _start_or_join(timeout: float) -> str:
     state = probe()
     if state == "ours":
         connect()
@@ -272,12 +287,36 @@ def ensure_server(timeout: float = 90.0) -> str:
             _mark_orphaned_runs()
             return api_url()
         if _pid("server") is None:
-            break
+            raise RuntimeError(f"the Prefect server exited while starting; see {_run_dir() / 'server.log'}")
         time.sleep(0.5)
-    why = not_our_server() if _pid("server") is not None else None
+    why = not_our_server()
     if why and "does not answer yet" not in why:
         raise NotOurServer(_refusal(why))
     raise RuntimeError(f"the Prefect server did not come up within {timeout:.0f} s; see {_run_dir() / 'server.log'}")
+
+
+def watch(who: str, every_s: float = 1.0) -> None:
+    """In a daemon thread of a long-lived client (the serve process, `alignment worker`), which polls the
+    API with the credential every few seconds: the moment the port is no longer our recorded server
+    process (it died, or something else holds the port), end this process, before its next poll. Its
+    flow-run children may still send a few log lines until their next stage's check; a restarted server
+    has a new credential, so what they sent is worthless by then."""
+    import threading
+
+    from alignment.listeners import not_ours
+
+    def run() -> None:
+        while True:
+            record = processes.record("server")
+            pid = record[0] if record else None
+            why = not_ours(_port(), pid, processes.start_time(pid) if pid else None)
+            if why is not None:
+                print(f"{who}: the Prefect server on port {_port()} is gone or not ours any more ({why}); stopping",
+                      file=sys.stderr, flush=True)
+                os._exit(3)
+            time.sleep(every_s)
+
+    threading.Thread(target=run, daemon=True, name="watch-server").start()
 
 
 def register_flow_run(flow_run_id: str) -> None:

@@ -114,7 +114,8 @@ class Chain:
     def _check_server(self, label: str) -> None:
         if (err := reachable()) is not None:
             done = ", ".join(self.results) or "none"
-            raise ServerLost(f"the Prefect server stopped answering before {label} ({err}); stages committed "
+            raise ServerLost(f"the Prefect server stopped answering, or its port is not our server any more, before "
+                             f"{label} ({err}); stages committed "
                              f"in the store so far: {done}. Start it again (`alignment serve`, or any `alignment "
                              "run`) and rerun: committed stages are reused, and this run shows as Crashed")
 

@@ -13,9 +13,6 @@ server's process is gone (its polls would otherwise carry the credential to whoe
 
 import asyncio
 import os
-import sys
-import threading
-import time
 
 from prefect.states import Failed
 from prefect.utilities.processutils import command_to_string
@@ -32,8 +29,10 @@ class AlignmentWorker(ProcessWorker):
         return "alignment-process"  # ... without replacing Prefect's ProcessWorker in its type registry
 
     async def run(self, flow_run, configuration, task_status=None):
-        if flow_run.job_variables:
-            message = (f"refused: the run carries job_variables {sorted(flow_run.job_variables)}; what a pool's runs "
+        # read again: resolving the configuration pops `env` out of the run's job variables it was given
+        carried = (await self.client.read_flow_run(flow_run.id)).job_variables
+        if carried:
+            message = (f"refused: the run carries job_variables {sorted(carried)}; what a pool's runs "
                        "execute is fixed by `alignment deploy` and `alignment worker`")
             await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
             self.get_flow_run_logger(flow_run).error(message)
@@ -46,17 +45,6 @@ class AlignmentWorker(ProcessWorker):
         return await super().run(flow_run, configuration, task_status)
 
 
-def _watch_server() -> None:
-    from alignment import processes
-
-    while True:
-        if processes.live_pid("server") is None:
-            print("worker: the Prefect server's process is gone; stopping (start the worker again)", file=sys.stderr,
-                  flush=True)
-            os._exit(3)
-        time.sleep(0.5)
-
-
 def main(pool: str, limit: int | None = None) -> None:
     server.ensure_server()
     from flows import served
@@ -64,8 +52,8 @@ def main(pool: str, limit: int | None = None) -> None:
     if not served.folder(deploy.by(pool)).is_dir():
         raise ValueError(f"--pool {pool}: nothing was deployed to it from this machine (no records in "
                          f"{served.folder(deploy.by(pool))}); run `alignment deploy --pool {pool}` first")
-    if server.is_local_api():
-        threading.Thread(target=_watch_server, daemon=True, name="watch-server").start()
+    if server.is_local_api():  # its polls carry the credential: stop the moment the port is not our server
+        server.watch("worker")
     worker = AlignmentWorker(work_pool_name=pool, limit=limit)
     worker.run_env = deploy.run_environment(pool)  # the records as they are now: runs are judged by these
     asyncio.run(worker.start())

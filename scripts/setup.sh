@@ -24,11 +24,11 @@ if [ "$(cat .venv/.alignment-stamp 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   echo "$want" > .venv/.alignment-stamp
 fi
-# The activate additions, versioned: an older block is replaced (4: the credential only for a proven server).
-if ! grep -q ">>> alignment 4 >>>" .venv/bin/activate; then
+# The activate additions, versioned: an older block is replaced (5: the credential only for a proven server).
+if ! grep -q ">>> alignment 5 >>>" .venv/bin/activate; then
   sed -i '/^# >>> alignment/,/^# <<< alignment <<</d' .venv/bin/activate
   cat >> .venv/bin/activate <<ACT
-# >>> alignment 4 >>>  (written by scripts/setup.sh)
+# >>> alignment 5 >>>  (written by scripts/setup.sh)
 export ALIGNMENT_HOME="\${ALIGNMENT_HOME:-$root/.alignment}"
 export PREFECT_HOME="\${PREFECT_HOME:-$root/.alignment/prefect}"
 export PREFECT_LOCAL_STORAGE_PATH="\${PREFECT_LOCAL_STORAGE_PATH:-$root/.alignment/prefect-results}"
@@ -36,9 +36,15 @@ export PREFECT_API_URL="\${PREFECT_API_URL:-http://127.0.0.1:\${ALIGNMENT_PREFEC
 export PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 # \`prefect ...\` gets the local server's credential for that one command, and only once the listener on
 # its port is proven to be the server this project started (\`alignment credential\`); it is never exported
+# (after \`deactivate\` it passes through); \`prefect worker\` is refused: \`alignment worker\` ignores pool templates
 prefect() {
   local auth
-  auth=\$("\$VIRTUAL_ENV/bin/alignment" credential) || return 1
+  if [ "\${VIRTUAL_ENV:-}" != "$root/.venv" ]; then command prefect "\$@"; return; fi
+  if [ "\${1:-}" = worker ]; then
+    echo "use \\\`alignment worker --pool NAME\\\` (a plain prefect worker runs whatever the pool's template says); \\\`command prefect worker ...\\\` if you mean it" >&2
+    return 2
+  fi
+  auth=\$("$root/.venv/bin/alignment" credential) || return 1
   if [ -n "\$auth" ]; then PREFECT_API_AUTH_STRING="\$auth" command prefect "\$@"; else command prefect "\$@"; fi
 }
 # <<< alignment <<<

@@ -144,7 +144,7 @@ def test_a_hub_data_set_whose_card_names_local_files_is_refused(tmp_path, monkey
     real = datasets.load_dataset_builder
     assert datasets.load_dataset(str(repo), split="train")[0]["prompt"].startswith("the machine owner"), "the attack"
     monkeypatch.setattr(datasets, "load_dataset_builder", lambda path, name=None, **kw: real(str(repo), name, **kw))
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: pytest.fail("loaded after all"))
     with pytest.raises(DataError, match=f"hub data set 'someone/data': its card names files outside the hub .*{secret}") as e:
         load_data(DataSpec(path="someone/data"), "prompt")
+
     note("6", "a hub data set whose card lists an absolute data_files path", str(e.value))

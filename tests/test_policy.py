@@ -142,7 +142,8 @@ def test_a_project_file_may_replace_the_held_out_prompts_where_the_recipe_allows
     ("tiny-release", {"key": "eval_prompts.path", "file": True}, "measured by the gates"),
     ("tiny-release", {"key": "sft.data.path", "file": True}, "measured by the gates"),
     ("tiny-release", {"key": "evaluate.bootstrap"}, "measured by the gates"),
-    ("tiny", {"key": "gates"}, "can never be changed"),
+    ("tiny", {"key": "gates"}, "is a list"),
+    ("tiny", {"key": "model.trust_remote_code"}, "can never be changed"),
     ("tiny", {"key": "**.judge.criterion"}, "can never be changed"),
     ("tiny", {"key": "**.launch.num_processes"}, "names no key"),  # launch is null in the served recipe
     ("tiny", {"key": "dpo.bta"}, "names no key"),
@@ -203,3 +204,20 @@ def test_a_run_is_judged_by_the_records_its_serving_process_loaded(monkeypatch):
     path.write_text(json.dumps({"flow": "sft-to-dpo", "deployment": "sft-to-dpo", "unsafe": True}))
     with pytest.raises(served.NotServed, match="changed after the process running this deployment started"):
         served.load("sft-to-dpo", "sft-to-dpo")
+
+
+def test_a_section_or_list_cannot_be_opened_and_is_never_replaced_whole():
+    """An allow rule on a section that is null in the served recipe (or on a list) would let a run fill in
+    fields no rule names (a reward model with `trust_remote_code`, a data path anywhere): refused when
+    serving, and a section or list that appears, disappears or is replaced in a run is refused."""
+    _, recipe = load_recipe("sft-to-dpo")
+    for key in ("evaluate.reward_model", "sft.mix_data", "evaluate.kl"):
+        with pytest.raises(PolicyError, match="is a section"):
+            rules_for(recipe.model_copy(update={"parameters": recipe.parameters.model_copy(
+                update={"allow": [AllowRule(key=key)]})}))
+    served = recipe.model_dump(mode="json")
+    rules = rules_for(recipe) + [AllowRule(key="evaluate.reward_model"), AllowRule(key="sft.adapter.target_modules")]
+    sneaked = set_key(served, "evaluate.reward_model", {"name": "someone/rm", "trust_remote_code": True})
+    assert "a section or list is set, removed or replaced" in violations(served, sneaked, rules)[0]
+    listed = set_key(served, "sft.adapter.target_modules", ["q_proj"])
+    assert "a section or list" in violations(served, listed, rules)[0]
