@@ -1,6 +1,6 @@
 """Training past one process: a stage runs under ``accelerate launch`` with a plain accelerate config file.
 
-A training stage's ``launch`` section names an accelerate config (``flows/infra/*.yaml`` or the user's
+A training stage's ``launch`` section names an accelerate config (``shipped profiles: ``alignment/launch_profiles/*.yaml``, by name`` or the user's
 own) and/or a process count. With one process (the default) the stage trains in the calling process.
 With more, the calling process (the Prefect task, or ``alignment stage``) is the *parent*: it writes the
 resolved stage config to a file and starts ``accelerate launch ... -m alignment.stages.<stage> --config
@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-INFRA = Path(__file__).resolve().parent.parent / "flows" / "infra"
+PROFILES = Path(__file__).resolve().parent / "launch_profiles"  # the shipped accelerate configs
 CHILD = "ALIGNMENT_LAUNCH_CHILD"  # set in every rank's environment: "this process is one of N"
 PARENT_PID = "ALIGNMENT_LAUNCH_PARENT"
 RUN_CONTEXT = "ALIGNMENT_RUN_CONTEXT"  # the parent's lineage ids (flow run, task run), JSON
@@ -69,9 +69,9 @@ class LaunchPlan:
 
 def _read_config(path: Path, where: str) -> dict[str, Any]:
     if not path.is_file():
-        known = ", ".join(sorted(p.name for p in INFRA.glob("*.yaml"))) if INFRA.is_dir() else "none"
-        raise ValueError(f"{where}: accelerate config {str(path)!r} not found; use a file of your own or one "
-                         f"of flows/infra/ ({known})")
+        known = ", ".join(sorted(p.name for p in PROFILES.glob("*.yaml"))) if PROFILES.is_dir() else "none"
+        raise ValueError(f"{where}: accelerate config {str(path)!r} not found; use a file of your own or a "
+                         f"shipped profile by name ({known}; they are in alignment/launch_profiles/)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
@@ -81,14 +81,23 @@ def _read_config(path: Path, where: str) -> dict[str, Any]:
     return data
 
 
+def profile_path(name: str) -> Path:
+    """An accelerate config: a file path, or the name of a shipped profile (`zero3`, `zero3.yaml`)."""
+    if "/" not in name and not Path(name).is_file():
+        shipped = PROFILES / (name if name.endswith(".yaml") else f"{name}.yaml")
+        if shipped.is_file():
+            return shipped
+    return Path(name)
+
+
 def plan(spec, where: str = "launch") -> LaunchPlan:
     """Resolve a ``LaunchSpec`` (or None: one process). Errors name the key, the value and the fix."""
     if spec is None or (spec.accelerate_config is None and (spec.num_processes or 1) == 1):
         return LaunchPlan()
     if spec.accelerate_config is None:  # processes without a file: plain data parallelism
-        path = INFRA / "ddp.yaml"
+        path = PROFILES / "ddp.yaml"
     else:
-        path = Path(spec.accelerate_config)
+        path = profile_path(spec.accelerate_config)
     data = _read_config(path, f"{where}.accelerate_config")
     dtype = str(data.get("distributed_type", "NO")).upper()
     if dtype not in DISTRIBUTED_TYPES:
@@ -97,12 +106,12 @@ def plan(spec, where: str = "launch") -> LaunchPlan:
     n = spec.num_processes or int(data.get("num_processes", 1))
     if dtype == "FSDP" and not _cuda():
         raise ValueError(f"{path}: FSDP needs GPUs (on a CPU accelerate silently runs it as DDP); use "
-                         "flows/infra/ddp.yaml or a DeepSpeed profile here")
+                         "the ddp profile or a DeepSpeed profile here")
     ds = data.get("deepspeed_config") or {}
     zero = ds.get("zero_stage") if dtype == "DEEPSPEED" else None
     if zero == 3 and not ds.get("zero3_save_16bit_model"):
         raise ValueError(f"{path}: ZeRO-3 without deepspeed_config.zero3_save_16bit_model: true leaves rank 0 "
-                         "only a shard of the model to save; set it to true (as flows/infra/zero3.yaml does)")
+                         "only a shard of the model to save; set it to true (as the zero3 profile does)")
     mixed = str(data.get("mixed_precision", "no"))
     return LaunchPlan(num_processes=n, distributed_type=dtype if n > 1 else "NO", zero_stage=zero,
                       mixed_precision=mixed, accelerate_config=str(path),

@@ -31,7 +31,7 @@ def main() -> None:
     from alignment.stages import sft
 
     resolve_model_path(ModelSpec(name=args.model))  # fetched/converted outside the timing
-    runs = [("one process", None, 8)] + [(f"{p} × 2", LaunchSpec(accelerate_config=f"flows/infra/{p}.yaml", num_processes=2), 4)
+    runs = [("one process", None, 8)] + [(f"{p} × 2", LaunchSpec(accelerate_config=f"alignment/launch_profiles/{p}.yaml", num_processes=2), 4)
                                           for p in args.profiles]
     base = None
     for label, launch, batch in runs:

@@ -34,14 +34,17 @@ from alignment.config import (
     RewardStageConfig,
     SFTStageConfig,
 )
-from alignment.config.loader import validate_model
 from alignment.constitution import load_constitution
 from alignment.data import load_data
-from flows import cai_reports, evaluation, gates, policy, reports, rounds
+from flows import evaluation, rounds
+from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, data_of, options
+from flows.reports import cai as cai_report
+from flows.reports import rounds as rounds_report
+from flows.spec import FlowSpec
+from flows.tasks import data_of, options
 
-FLOW = "constitutional-ai"
+NAME = "constitutional-ai"
 STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
          "preference_model", "rl_cai", "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl")
 
@@ -79,19 +82,14 @@ def preflight(recipe: ConstitutionalAIRecipe) -> None:
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
-@flow(name=FLOW, log_prints=False, persist_result=False,
+@flow(name=NAME, log_prints=False, persist_result=False,
       description="Constitutional AI: critique → revision (SL-CAI), AI feedback (RL-CAI), DPO, evaluation.")
-@gates.gated
+@gated
 def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None = None,
                       overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps (``round-<n>``: that round and the later ones,
     with `rl_method: iterative-dpo`); `overrides` sets dotted keys."""
-    if overrides:
-        recipe = validate_model(recipe.model_dump(mode="json"), ConstitutionalAIRecipe, "overrides", overrides=overrides)
-    policy.check(recipe)  # parameters from the API: untrusted
-    preflight(recipe)
-    chain = Chain(rounds.expand_refresh(refresh, steps(recipe), recipe.iterate.rounds, ROUND_PARTS),
-                  gates=gates.check_recipe(recipe, gate_labels(recipe)))
+    chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
     run = chain.run
     helpful_answers = run("respond_helpful", respond_config(recipe, recipe.model))
     initial = run("initial", GenerateStageConfig(model=recipe.model, prompts=recipe.redteam_prompts,
@@ -146,17 +144,25 @@ def _iterated(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, sl, s
                            same_as=rounds.label(outcome.best, "respond") if outcome.best else "respond_sl_cai")
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=reward_model)
-    rounds.publish(FLOW, outcome)
+    rounds_report.publish(NAME, outcome)
     return _finish(chain, recipe, revised, rl_model, extra={"best_round": outcome.best, "stopped": outcome.stopped},
                    nothing_new=None if outcome.best else "no RL round beat the SL-CAI model on the held-out score")
 
 
 def _finish(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, rl_model, extra: dict | None = None,
             nothing_new: str | None = None):
-    """Reports, then the release (gates, approval, promote), unless RL made `nothing_new`."""
-    headline = reports.publish(FLOW, chain.results, chain.states)
-    cai_reports.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
-                        create_table_artifact)
-    release = (gates.no_release(chain, FLOW, nothing_new) if nothing_new
-               else gates.release(chain, recipe, FLOW, rl_model, headline))
-    return {"stages": chain.summary(), "metrics": headline, "release": release, **(extra or {})}
+    """The constitution's report, then the chain's ending (reports, gates, approval, promote), unless RL made
+    `nothing_new`."""
+    cai_report.publish(revised, load_constitution(recipe.constitution.path), create_markdown_artifact,
+                       create_table_artifact)
+    return chain.close(recipe, rl_model, nothing_new, **(extra or {}))
+
+
+def _refresh(recipe: ConstitutionalAIRecipe, refresh: list[str]) -> list[str]:
+    return rounds.expand_refresh(refresh, steps(recipe), recipe.iterate.rounds, ROUND_PARTS)
+
+
+FLOW = FlowSpec(name=NAME, recipe=ConstitutionalAIRecipe, function=constitutional_ai, steps=steps,
+                preflight=preflight, gate_labels=gate_labels, expand_refresh=_refresh,
+                default_recipe="constitutional-ai",
+                description="critique → revision (SL-CAI), AI feedback (RL-CAI), DPO or PPO, evaluation")

@@ -20,7 +20,7 @@ from alignment.config import (
     RespondStageConfig,
 )
 from alignment.stages import calibrate, respond
-from flows.tasks import Chain
+from flows.chain import Chain
 
 
 def model_from(result: dict[str, Any], like: ModelSpec) -> ModelSpec:

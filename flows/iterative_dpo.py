@@ -26,14 +26,16 @@ from alignment.config import (
     RewardStageConfig,
     SFTStageConfig,
 )
-from alignment.config.loader import validate_model
 from alignment.data import load_data
 from alignment.stages import reward, sft
-from flows import evaluation, gates, policy, reports, rounds
+from flows import evaluation, rounds
+from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, options
+from flows.reports import rounds as rounds_report
+from flows.spec import FlowSpec
+from flows.tasks import options
 
-FLOW = "iterative-dpo"
+NAME = "iterative-dpo"
 PARTS = ("generate", "pairs", "dpo", "respond", "evaluate")
 
 
@@ -72,19 +74,14 @@ def preflight(recipe: IterativeDPORecipe) -> None:
     evaluation.preflight(recipe)
 
 
-@flow(name=FLOW, log_prints=False, persist_result=False,
+@flow(name=NAME, log_prints=False, persist_result=False,
       description="Iterative DPO: rounds of on-policy samples → reward-model pairs → DPO, with early stopping.")
-@gates.gated
+@gated
 def iterative_dpo(recipe: IterativeDPORecipe, refresh: list[str] | None = None,
                   overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps (``round-<n>`` forces round n and every round
     after it); `overrides` sets dotted keys, e.g. ``{"iterate.rounds": 5}``."""
-    if overrides:
-        recipe = validate_model(recipe.model_dump(mode="json"), IterativeDPORecipe, "overrides", overrides=overrides)
-    policy.check(recipe)  # parameters from the API: untrusted
-    preflight(recipe)
-    gate_list = gates.check_recipe(recipe, gate_labels(recipe))
-    chain = Chain(rounds.expand_refresh(refresh, steps(recipe), recipe.iterate.rounds, PARTS), gates=gate_list)
+    chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
     start = recipe.model
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     if recipe.sft is not None:
@@ -99,12 +96,19 @@ def iterative_dpo(recipe: IterativeDPORecipe, refresh: list[str] | None = None,
         return "pairs", PairsStageConfig(samples=samples, reward=sources, min_margin=recipe.iterate.min_margin)
 
     outcome = rounds.run(chain, recipe, recipe.iterate, recipe.dpo, start, start_answers, recipe.prompts, pairs, rm)
-    rounds.publish(FLOW, outcome)
+    rounds_report.publish(NAME, outcome)
     if outcome.best:  # the best round's evaluation under the name gates and the results card use (cached)
         chain.run("evaluate", outcome.rounds[outcome.best - 1].eval_config, same_as=rounds.label(outcome.best, "evaluate"))
-    headline = reports.publish(FLOW, chain.results, chain.states)
     final = outcome.model(start)
-    release = (gates.release(chain, recipe, FLOW, final, headline) if outcome.best
-               else gates.no_release(chain, FLOW, "no round beat the start model on the held-out score"))
-    return {"stages": chain.summary(), "metrics": headline, "rounds": outcome.table(), "best_round": outcome.best,
-            "stopped": outcome.stopped, "model": final.name, "release": release}
+    return chain.close(recipe, final, None if outcome.best else "no round beat the start model on the held-out score",
+                       rounds=outcome.table(), best_round=outcome.best, stopped=outcome.stopped, model=final.name)
+
+
+def _refresh(recipe: IterativeDPORecipe, refresh: list[str]) -> list[str]:
+    return rounds.expand_refresh(refresh, steps(recipe), recipe.iterate.rounds, PARTS)
+
+
+FLOW = FlowSpec(name=NAME, recipe=IterativeDPORecipe, function=iterative_dpo, steps=steps, preflight=preflight,
+                gate_labels=gate_labels, training_configs=training_configs, expand_refresh=_refresh,
+                default_recipe="iterative-dpo",
+                description="rounds of on-policy samples → reward-model pairs → DPO, with early stopping")

@@ -1,93 +1,137 @@
-"""Which flow a recipe belongs to: recipes named ``constitutional-ai*.yaml`` drive the constitutional-ai
-flow, ``rlhf*.yaml`` the rlhf flow, ``iterative-dpo*.yaml`` the iterative-dpo flow, every other recipe
-drives sft-to-dpo. One place that maps names to flows, recipe models and
-preflight checks, for the CLI, the serve process and the tests."""
+"""The flows, found by their declarations: a module with ``FLOW`` (``flows.spec.FlowSpec``) is a flow.
 
+Where they are looked for: the modules of this package (the project's flows), the ``alignment.flows``
+entry point group (a flow another package installs), and ``$ALIGNMENT_FLOWS`` (comma-separated module
+names, e.g. a flow module of your own on ``PYTHONPATH``). A recipe says which flow it drives (its
+``flow:`` key), so a recipe's file name decides nothing. The CLI, serve, deploy, the server and
+``alignment validate`` ask this module; nothing else lists flows.
+"""
+
+import os
+import pkgutil
+from functools import lru_cache
 from importlib import import_module
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from alignment.config import ConstitutionalAIRecipe, IterativeDPORecipe, RLHFRecipe, SftToDpoRecipe
-from alignment.config.loader import load_yaml_model, recipe_path
+from alignment.config.loader import RecipeError, load_yaml_model, read_yaml
+from flows.spec import FlowSpec
 
-FLOWS: dict[str, tuple[str, str, type[BaseModel]]] = {
-    "sft-to-dpo": ("flows.sft_to_dpo", "sft_to_dpo", SftToDpoRecipe),
-    "constitutional-ai": ("flows.constitutional_ai", "constitutional_ai", ConstitutionalAIRecipe),
-    "rlhf": ("flows.rlhf", "rlhf", RLHFRecipe),
-    "iterative-dpo": ("flows.iterative_dpo", "iterative_dpo", IterativeDPORecipe),
-}
+ENV = "ALIGNMENT_FLOWS"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
-def flow_name_for(path: Path) -> str:
-    stem = Path(path).stem
-    for flow in ("constitutional-ai", "rlhf", "iterative-dpo"):
-        if stem.startswith(flow):
-            return flow
-    return "sft-to-dpo"
+def _candidates() -> list[str]:
+    import flows
+
+    own = [f"flows.{m.name}" for m in pkgutil.iter_modules(flows.__path__) if not m.ispkg]
+    plugins = [ep.value.split(":")[0] for ep in entry_points(group="alignment.flows")]
+    named = [m.strip() for m in os.environ.get(ENV, "").split(",") if m.strip()]
+    return own + plugins + named
 
 
-def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[str, BaseModel]:
+@lru_cache(maxsize=4)
+def _flows(env: str) -> dict[str, FlowSpec]:
+    found: dict[str, FlowSpec] = {}
+    for name in _candidates():
+        try:
+            module = import_module(name)
+        except ImportError as e:
+            if name.startswith("flows."):
+                raise
+            raise RecipeError(f"${ENV} or an alignment.flows entry point names {name!r}, which does not import "
+                              f"({e}); fix the module name or its PYTHONPATH") from None
+        spec = getattr(module, "FLOW", None)
+        if not isinstance(spec, FlowSpec):
+            continue
+        if spec.name in found and found[spec.name] is not spec:
+            raise RecipeError(f"two modules declare the flow {spec.name!r}: {found[spec.name].module} and {name}")
+        found[spec.name] = spec
+    return dict(sorted(found.items()))
+
+
+def flows() -> dict[str, FlowSpec]:
+    """Every flow, by name (sorted)."""
+    return _flows(os.environ.get(ENV, ""))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(flows())
+
+
+def get(name: str) -> FlowSpec:
+    found = flows()
+    if name not in found:
+        raise RecipeError(f"unknown flow {name!r}; flows: {', '.join(found)}")
+    return found[name]
+
+
+def recipe_path(name_or_path: str) -> Path:
+    """A recipe file: a path, or the name of one under ``flows/recipes/``."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        known = ", ".join(recipe_names())
+        raise RecipeError(f"recipe {name_or_path!r} not found; known recipes: {known}, or pass a path to a YAML file")
+    return candidate
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped under ``flows/recipes/``."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def flow_of(path: Path) -> str:
+    """The flow a recipe file names in its ``flow:`` key (checked before anything else in the file)."""
+    data, root = read_yaml(path, RecipeError)
+    known = ", ".join(names())
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    if "flow" not in data:
+        raise RecipeError(f"{path}: no `flow:` key; a recipe says which flow it drives, e.g. `flow: "
+                          f"sft-to-dpo` as its first line (flows: {known})")
+    flow = data["flow"]
+    if not isinstance(flow, str) or flow not in flows():
+        where = _key_line(root, "flow")
+        raise RecipeError(f"{path}{where}: flow: {flow!r} is not a flow; flows: {known}")
+    return flow
+
+
+def _key_line(root: Any, key: str) -> str:
+    for k, _ in getattr(root, "value", []) or []:
+        if getattr(k, "value", None) == key:
+            return f" line {k.start_mark.line + 1}"
+    return ""
+
+
+def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> tuple[FlowSpec, BaseModel]:
+    """The recipe's flow and the recipe, validated by that flow's recipe model (errors name file and line)."""
     path = recipe_path(name_or_path)
-    flow = flow_name_for(path)
-    return flow, load_yaml_model(path, FLOWS[flow][2], overrides)
+    spec = get(flow_of(path))
+    if overrides and "flow" in overrides:
+        raise RecipeError(f"overrides: flow = {overrides['flow']!r}: a recipe's flow is its file's `flow:` key, "
+                          "not an override; use a recipe of that flow")
+    return spec, load_yaml_model(path, spec.recipe, overrides)
 
 
-def flow_module(flow: str):
-    return import_module(FLOWS[flow][0])
-
-
-def flow_function(flow: str):
-    module, fn, _ = FLOWS[flow]
-    return getattr(import_module(module), fn)
-
-
-def preflight(flow: str, recipe: BaseModel) -> None:
-    """The flow's own checks (every data file, constitution, calibration set), the gates' steps, then every
-    model path and launch config the recipe names: all before any model loads."""
-    from flows.gates import check_recipe
-
-    module = flow_module(flow)
-    module.preflight(recipe)
-    check_recipe(recipe, getattr(module, "gate_labels", module.steps)(recipe))
-    check_paths(recipe)
-
-
-def check_paths(value: Any, where: str = "") -> None:
-    """Local model directories exist and are models; accelerate configs exist and make sense."""
-    from alignment import launch
-    from alignment.config import LaunchSpec, ModelSpec
-    from alignment.models import check_model
-
-    if isinstance(value, ModelSpec):
-        check_model(value, where.rstrip(".") or "model")
-    elif isinstance(value, LaunchSpec):
-        launch.plan(value, where.rstrip("."))
-    elif isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            check_paths(getattr(value, name), f"{where}{name}.")
-
-
-def steps(flow: str, recipe: BaseModel) -> tuple[str, ...]:
-    """The steps a recipe runs in its flow, in order (each flow module's ``steps``)."""
-    return flow_module(flow).steps(recipe)
-
-
-def data_report(flow: str, recipe: BaseModel) -> list[str]:
+def data_report(spec: FlowSpec, recipe: BaseModel) -> list[str]:
     """Per training stage's data: rows, identical pairs dropped, rows over `train.max_length` (estimated)."""
     from alignment.data import estimated_tokens, load_data
 
-    builder = getattr(flow_module(flow), "training_configs", None)
     out = []
-    for name, config in (builder(recipe) if builder else {}).items():
-        spec = getattr(config, "data", None)
-        if spec is None:
+    for name, config in (spec.training_configs(recipe) if spec.training_configs else {}).items():
+        data_spec = getattr(config, "data", None)
+        if data_spec is None:
             continue
         kind = "sft" if name == "sft" else "preference"
-        data = load_data(spec, kind)
+        data = load_data(data_spec, kind)
         over = sum(estimated_tokens(r) > config.train.max_length for r in data.rows)
         pairs = f", {data.dropped_identical} identical pairs dropped" if kind == "preference" else ""
-        out.append(f"{name}.data {spec.path}: {len(data.rows)} rows used{pairs}, {over} over train.max_length = "
+        out.append(f"{name}.data {data_spec.path}: {len(data.rows)} rows used{pairs}, {over} over train.max_length = "
                    f"{config.train.max_length} (estimated; the trainer truncates or drops them)")
     return out

@@ -27,13 +27,14 @@ from alignment.config import (
     RLOOStageConfig,
     SFTStageConfig,
 )
-from alignment.config.loader import validate_model
 from alignment.stages import reward, sft
-from flows import evaluation, gates, policy, reports
+from flows import evaluation
+from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, options
+from flows.spec import FlowSpec
+from flows.tasks import options
 
-FLOW = "rlhf"
+NAME = "rlhf"
 RL_CONFIG = {RLAlgorithm.ppo: PPOStageConfig, RLAlgorithm.grpo: GRPOStageConfig, RLAlgorithm.rloo: RLOOStageConfig}
 ALGORITHMS = tuple(a.value for a in RLAlgorithm)
 Step = Literal[("respond_base", "sft", "respond_sft", "reward", *ALGORITHMS,  # type: ignore[valid-type]
@@ -76,18 +77,14 @@ def preflight(recipe: RLHFRecipe) -> None:
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
-@flow(name=FLOW, log_prints=False, persist_result=False,
+@flow(name=NAME, log_prints=False, persist_result=False,
       description="RLHF: SFT, reward model, PPO/GRPO/RLOO, then evaluation against the SFT model.")
-@gates.gated
+@gated
 def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps (and so everything after them); `overrides`
     sets dotted keys, e.g. ``{"algorithm": "grpo", "ppo.iterations": 40}``."""
-    if overrides:
-        recipe = validate_model(recipe.model_dump(mode="json"), RLHFRecipe, "overrides", overrides=overrides)
-    policy.check(recipe)  # parameters from the API: untrusted
-    preflight(recipe)
-    chain = Chain(list(refresh or []), gates=gates.check_recipe(recipe, steps(recipe)))
+    chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     sft_model = None
     if recipe.sft is not None:
@@ -98,6 +95,9 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     trained = model_from(chain.run(algo, training_configs(recipe, sft_model, rm)["rl"]), recipe.model)
     policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, trained))
     evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
-    headline = reports.publish(FLOW, chain.results, chain.states)
-    release = gates.release(chain, recipe, FLOW, trained, headline)
-    return {"stages": chain.summary(), "metrics": headline, "release": release}
+    return chain.close(recipe, trained)
+
+
+FLOW = FlowSpec(name=NAME, recipe=RLHFRecipe, function=rlhf, steps=steps, preflight=preflight,
+                training_configs=training_configs, default_recipe="rlhf",
+                description="SFT → reward model → PPO/GRPO/RLOO → evaluate (policy vs SFT)")

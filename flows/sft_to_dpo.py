@@ -17,13 +17,14 @@ from typing import Any, Literal
 from prefect import flow
 
 from alignment.config import DPOStageConfig, ModelSpec, SFTStageConfig, SftToDpoRecipe
-from alignment.config.loader import validate_model
 from alignment.stages import dpo, sft
-from flows import evaluation, gates, policy, reports
+from flows import evaluation
+from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.tasks import Chain, options
+from flows.spec import FlowSpec
+from flows.tasks import options
 
-FLOW = "sft-to-dpo"
+NAME = "sft-to-dpo"
 STEPS = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate")
 Step = Literal[STEPS]  # type: ignore[valid-type]  (the UI offers these in `refresh`)
 
@@ -49,23 +50,22 @@ def preflight(recipe: SftToDpoRecipe) -> None:
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
 # print patch defeats, TRL prints every step's dict); the run page shows our loggers and progress lines
-@flow(name=FLOW, log_prints=False, persist_result=False,
+@flow(name=NAME, log_prints=False, persist_result=False,
       description="Supervised fine-tuning, then DPO, then evaluation of DPO against SFT.")
-@gates.gated
+@gated
 def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps; `overrides` sets dotted keys."""
-    if overrides:
-        recipe = validate_model(recipe.model_dump(mode="json"), SftToDpoRecipe, "overrides", overrides=overrides)
-    policy.check(recipe)  # parameters from the API: untrusted
-    preflight(recipe)
-    chain = Chain(list(refresh or []), gates=gates.check_recipe(recipe, steps(recipe)))
+    chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
     chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=False))
     sft_model = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
     sft_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
     dpo_model = model_from(chain.run("dpo", training_configs(recipe, sft_model)["dpo"]), recipe.model)
     dpo_answers = chain.run("respond_dpo", respond_config(recipe, dpo_model))
     evaluation.run(chain, recipe, [("evaluate", dpo_answers, sft_answers)])
-    headline = reports.publish(FLOW, chain.results, chain.states)
-    release = gates.release(chain, recipe, FLOW, dpo_model, headline)
-    return {"stages": chain.summary(), "metrics": headline, "release": release}
+    return chain.close(recipe, dpo_model)
+
+
+FLOW = FlowSpec(name=NAME, recipe=SftToDpoRecipe, function=sft_to_dpo, steps=steps, preflight=preflight,
+                training_configs=training_configs, default_recipe="sft-to-dpo",
+                description="base model → SFT → DPO → evaluate (DPO vs SFT)")

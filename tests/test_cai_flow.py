@@ -19,8 +19,7 @@ HELD_OUT = ("respond_helpful", "respond_sl_cai", "respond_rl_cai", "evaluate_sl"
 def cai(prefect_harness, tmp_path_factory):
     import os
 
-    from alignment.config.loader import recipe_path
-    from flows.registry import load_recipe
+    from flows.registry import load_recipe, recipe_path
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("cai") / "store")
     try:

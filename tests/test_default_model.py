@@ -55,7 +55,8 @@ def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):
 def test_main_job_on_the_default_model(prefect_harness, store):
     """The quick start's flow and recipe, in-process: SFT then DPO on the real model and sample data."""
     from alignment.config import SftToDpoRecipe
-    from alignment.config.loader import load_yaml_model, recipe_path
+    from alignment.config.loader import load_yaml_model
+    from flows.registry import recipe_path
     from flows.sft_to_dpo import sft_to_dpo
 
     state = sft_to_dpo(recipe=load_yaml_model(recipe_path("sft-to-dpo"), SftToDpoRecipe), return_state=True)

@@ -25,7 +25,7 @@ from alignment.config import (
 from alignment.models import resolve_model_path
 
 pytestmark = pytest.mark.distributed
-INFRA = Path(__file__).resolve().parent.parent / "flows" / "infra"
+INFRA = Path(__file__).resolve().parent.parent / "alignment" / "launch_profiles"
 TINY = ModelSpec(name="tiny-random")
 TRAIN = {"max_steps": 6, "batch_size": 4, "max_length": 96, "learning_rate": 5e-3, "logging_steps": 1}
 PROFILES = {"ddp": ("MULTI_CPU", None), "zero2": ("DEEPSPEED", 2), "zero3": ("DEEPSPEED", 3)}

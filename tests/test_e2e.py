@@ -42,7 +42,7 @@ def env(home, tmp_path_factory):
     e["ALIGNMENT_HOME"] = str(home)
     e.pop("PREFECT_API_AUTH_STRING", None)  # `served_runs` sets it once the server is up and proven
     yield e
-    subprocess.run([sys.executable, "-m", "flows.cli", "stop"], env=e, cwd=ROOT, capture_output=True)
+    subprocess.run([sys.executable, "-m", "flows.service.cli", "stop"], env=e, cwd=ROOT, capture_output=True)
 
 
 def sh(args: list[str], env: dict, timeout: float = 300) -> str:
@@ -53,7 +53,7 @@ def sh(args: list[str], env: dict, timeout: float = 300) -> str:
 
 def headers(env: dict) -> dict[str, str]:
     """What a client of the locked API sends: the credential, and a CSRF token for POSTs."""
-    from flows.server import basic_auth
+    from flows.service.server import basic_auth
 
     auth = basic_auth(env["PREFECT_API_AUTH_STRING"])
     token = httpx.get(env["PREFECT_API_URL"] + "/csrf-token", params={"client": "e2e"}, headers=auth, timeout=30)
@@ -91,10 +91,10 @@ def task_states(env: dict, flow_run_id: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def served_runs(env):
-    out = sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny"], env, 240)
+    out = sh([sys.executable, "-m", "flows.service.cli", "serve", "--recipe", "tiny"], env, 240)
     assert "Serving deployments" in out
     # what the activated shell's `prefect` gets for each command: the credential of the proven server
-    cred = subprocess.run([sys.executable, "-m", "flows.cli", "credential"], env=env, cwd=ROOT, capture_output=True,
+    cred = subprocess.run([sys.executable, "-m", "flows.service.cli", "credential"], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert cred.returncode == 0 and cred.stdout.startswith("alignment:"), cred.stderr
     env["PREFECT_API_AUTH_STRING"] = cred.stdout.strip()
@@ -111,9 +111,9 @@ def test_served_deployment_runs_and_rerun_dpo_runs_only_dpo(env, served_runs):
                                        **dict.fromkeys(("dpo", "respond_dpo", "evaluate"), "Completed")}
     arts = api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [rerun]}}})
     assert {"sft-summary", "dpo-summary", "sft-to-dpo-responses"} <= {a["key"] for a in arts}
-    status = sh([sys.executable, "-m", "flows.cli", "summary", first], env)
+    status = sh([sys.executable, "-m", "flows.service.cli", "summary", first], env)
     assert f"/runs/flow-run/{first}" in status and "Held-out prompts" in status
-    followed = sh([sys.executable, "-m", "flows.cli", "wait", rerun], env)
+    followed = sh([sys.executable, "-m", "flows.service.cli", "wait", rerun], env)
     assert ("Completed  respond_base: Cached  sft: Cached  respond_sft: Cached  dpo: Completed  "
             "respond_dpo: Completed  calibrate: Cached  evaluate: Completed") in followed
 
@@ -272,7 +272,7 @@ def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, serv
     chromium = chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
-    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.service.cli", "serve", "--recipe", "tiny-release"], env, 240)
     prefect = str(Path(sys.executable).with_name("prefect"))
     out = sh([prefect, "--no-prompt", "deployment", "run", "sft-to-dpo/sft-to-dpo"], env, 120)
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
@@ -313,7 +313,7 @@ def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, serv
 def test_overrides_that_would_re_point_the_gates_are_refused(env, served_runs):
     """Finding 4 on the served `tiny-release` (2 gates, approval): someone else's training data, the benign
     set as the red-team set, no judge, 4,096 processes, 10^12 steps: refused, each named, before any step."""
-    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.service.cli", "serve", "--recipe", "tiny-release"], env, 240)
     hostile = {"sft.data.path": "someone/elses-data", "evaluate.redteam_prompts.path": "data/benign_prompts.jsonl",
                "evaluate.judge": None, "launch": {"num_processes": 4096}, "sft.train.max_steps": 10**12}
     prefect = str(Path(sys.executable).with_name("prefect"))
@@ -341,7 +341,7 @@ def test_an_approval_releases_only_the_model_it_was_asked_about(env, served_runs
     """Finding 5: while a run waits for approval its parameters are PATCHed (another DPO beta: another
     model). The approval given for the first model does not release the second: the resumed run computes
     the new model and asks again; only the second answer, about that model, releases it."""
-    assert "Serving deployments" in sh([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny-release"], env, 240)
+    assert "Serving deployments" in sh([sys.executable, "-m", "flows.service.cli", "serve", "--recipe", "tiny-release"], env, 240)
     prefect = str(Path(sys.executable).with_name("prefect"))
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", sh([prefect, "--no-prompt", "deployment", "run",
                                                      "sft-to-dpo/sft-to-dpo"], env, 120)).group(1)
@@ -349,7 +349,7 @@ def test_an_approval_releases_only_the_model_it_was_asked_about(env, served_runs
     first = approval_asked(env, run_id)
     params = get(env, f"/flow_runs/{run_id}")["parameters"]
     api(env, f"/flow_runs/{run_id}", {"parameters": {**params, "overrides": {"dpo.beta": 0.35}}}, method="PATCH")
-    sh([sys.executable, "-m", "flows.cli", "approve", run_id, "--reviewer", "first", "--comment", "model A"], env)
+    sh([sys.executable, "-m", "flows.service.cli", "approve", run_id, "--reviewer", "first", "--comment", "model A"], env)
     deadline = time.time() + 300
     while time.time() < deadline:  # resumed, recomputed DPO, and asked about the new model
         if flow_run_state(env, run_id)["name"] == "Suspended" and approval_asked(env, run_id) != first:
@@ -358,7 +358,7 @@ def test_an_approval_releases_only_the_model_it_was_asked_about(env, served_runs
         time.sleep(1)
     second = approval_asked(env, run_id)
     assert second != first, "a changed model is a new question"
-    sh([sys.executable, "-m", "flows.cli", "approve", run_id, "--reviewer", "second", "--comment", "model B"], env)
+    sh([sys.executable, "-m", "flows.service.cli", "approve", run_id, "--reviewer", "second", "--comment", "model B"], env)
     wait_for_state(env, run_id, {"Completed"})
     record = json.loads((home / "releases" / "tiny-release" / "current.json").read_text())
     assert record["run"]["flow_run_id"] == run_id
@@ -374,12 +374,12 @@ def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
     deployed; a real `alignment worker` runs the flow (every step from cache) although the pool's template
     was PATCHed to another command; a run with job variables, and a deployment whose entrypoint and pull
     steps were PATCHed (a shell step that would write a file), are refused before any flow code runs."""
-    sh([sys.executable, "-c", "from flows import server; server.stop('serve')"], env)  # one runner per deployment
-    out = sh([sys.executable, "-m", "flows.cli", "deploy", "--pool", "e2e-pool", "--recipe", "tiny"], env, 240)
+    sh([sys.executable, "-c", "from flows.service import server; server.stop('serve')"], env)  # one runner per deployment
+    out = sh([sys.executable, "-m", "flows.service.cli", "deploy", "--pool", "e2e-pool", "--recipe", "tiny"], env, 240)
     assert "deployed 8 deployments to pool 'e2e-pool'" in out
     pool = get(env, "/work_pools/e2e-pool")
     job = pool["base_job_template"]["job_configuration"]
-    assert "flows.pool_run" in job["command"] and job["working_dir"] == str(ROOT)
+    assert "flows.service.pool_run" in job["command"] and job["working_dir"] == str(ROOT)
     assert "{{" not in json.dumps(job["env"]) and not {"env", "command", "working_dir"} & set(
         pool["base_job_template"]["variables"]["properties"]), "nothing for a job variable to fill in"
     marker = tmp_path / "pwned"
@@ -388,7 +388,7 @@ def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
     api(env, "/work_pools/e2e-pool", {"base_job_template": patched}, method="PATCH")
     worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     worker_env.pop("PREFECT_API_AUTH_STRING")  # the worker proves the server itself
-    worker = subprocess.Popen([sys.executable, "-m", "flows.cli", "worker", "--pool", "e2e-pool"], env=worker_env,
+    worker = subprocess.Popen([sys.executable, "-m", "flows.service.cli", "worker", "--pool", "e2e-pool"], env=worker_env,
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         run_id = deployment_run(env, "sft-to-dpo/sft-to-dpo")
@@ -406,7 +406,7 @@ def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
         note("2", "pool template command PATCHed to `touch`: the run", "Completed, every step Cached; the touch never ran")
         note("2", "pool run created with job_variables (alignment worker)", state["message"])
 
-        api(env, f"/deployments/{dep['id']}", {"entrypoint": "flows/cli.py:main", "pull_steps": [
+        api(env, f"/deployments/{dep['id']}", {"entrypoint": "flows/service/cli.py:main", "pull_steps": [
             {"prefect.deployments.steps.run_shell_script": {"script": f"touch {marker}"}}]}, method="PATCH")
         repointed = api(env, f"/deployments/{dep['id']}/create_flow_run", {})
         state = final_state(env, repointed["id"])
@@ -414,7 +414,7 @@ def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
         assert "entrypoint differs" in state["message"] and "pull_steps differs" in state["message"], state["message"]
         assert not marker.exists(), "the pull step never ran"
         assert task_states(env, repointed["id"]) == {}
-        note("2", "PATCH /deployments/{id} entrypoint flows/cli.py:main + run_shell_script pull step", state["message"])
+        note("2", "PATCH /deployments/{id} entrypoint flows/service/cli.py:main + run_shell_script pull step", state["message"])
     finally:
         import signal
 

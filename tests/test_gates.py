@@ -19,7 +19,7 @@ def cond(**kw) -> GateCondition:
 
 
 def test_a_condition_reads_its_metric_a_difference_and_never_passes_unmeasured():
-    from flows.gates import evaluate
+    from alignment.gates import evaluate
 
     metrics = {"win_rate": 0.7, "policy_rate": 0.30, "reference_rate": 0.20, "judged": False,
                "judged_note": "judge at chance", "skipped": None}
@@ -107,7 +107,7 @@ def answer_when_paused(args: list[str]) -> threading.Thread:
         while time.time() < deadline:
             paused = [r for r in paused_runs() if r.id not in before]
             if paused:
-                from flows.cli import build_parser
+                from flows.service.cli import build_parser
 
                 parsed = build_parser().parse_args(["approve", str(paused[0].id), *args])
                 parsed.fn(parsed)  # `alignment approve` without main(): main() points Prefect at the default server
@@ -147,9 +147,10 @@ def test_an_approval_is_bound_to_the_artifact_and_the_gate_results(built_dpo):
     """The approval's key names what is approved: another artifact, or other gate numbers, is another
     question (an answer stored for model A is never returned for model B)."""
     from alignment.config import ModelSpec
-    from flows.gates import Gates, approval_question
+    from alignment.gates import GateCheck
+    from flows.release import approval_question
 
-    gates = Gates([])
+    gates = GateCheck([])
     gates.results = [{"condition": "dpo: train_pairs >= 8", "value": 16.0, "passed": True}]
     key, subject = approval_question(ModelSpec(name=built_dpo["a"]), gates)
     other, other_subject = approval_question(ModelSpec(name=built_dpo["b"]), gates)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows import cli
+from flows.service import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = yaml.safe_load((ROOT / "flows" / "recipes" / "tiny.yaml").read_text())
@@ -131,8 +131,8 @@ CASES = {
     "YAML anchors and aliases (billion laughs)": (recipe_text(b'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n'), "anchors and aliases (&name, *name) are not accepted"),
     "recipe over 1 MiB": (recipe_text(b"# " + b"x" * (1 << 20) + b"\n"), "a YAML file here may have 1048576 at most"),
     "local model directory missing": (recipe_case({"model.name": "./models/not-there"}), "model.name: local path './models/not-there' does not exist"),
-    "launch config missing": (recipe_case({"launch": {"accelerate_config": "flows/infra/nope.yaml"}}), "accelerate config 'flows/infra/nope.yaml' not found"),
-    "FSDP on a CPU": (recipe_case({"sft.launch": {"accelerate_config": "flows/infra/fsdp.yaml"}}), "FSDP needs GPUs"),
+    "launch config missing": (recipe_case({"launch": {"accelerate_config": "alignment/launch_profiles/nope.yaml"}}), "accelerate config 'alignment/launch_profiles/nope.yaml' not found"),
+    "FSDP on a CPU": (recipe_case({"sft.launch": {"accelerate_config": "alignment/launch_profiles/fsdp.yaml"}}), "FSDP needs GPUs"),
     "negative temperature": (recipe_case({"generation.temperature": -0.5}), "generation.temperature = -0.5"),
     "too many processes": (recipe_case({"launch": {"num_processes": 0}}), "launch.num_processes = 0"),
     # overrides

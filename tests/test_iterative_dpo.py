@@ -23,13 +23,12 @@ def round_labels(rounds: range) -> list[str]:
 def recipe(prefect_harness, tmp_path_factory):
     import os
 
-    from alignment.config.loader import recipe_path
-    from flows.registry import load_recipe
+    from flows.registry import load_recipe, recipe_path
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("iterative") / "store")
     try:
-        flow, loaded = load_recipe(str(recipe_path("iterative-dpo-tiny")))
-        assert flow == "iterative-dpo"
+        spec, loaded = load_recipe(str(recipe_path("iterative-dpo-tiny")))
+        assert spec.name == "iterative-dpo"
         yield loaded
     finally:
         os.environ.pop("ALIGNMENT_STORE")
@@ -161,9 +160,8 @@ def test_recipe_refuses_what_cannot_work():
 
 
 def test_constitutional_ai_can_iterate_its_rl_step(prefect_harness, tmp_path, monkeypatch):
-    from alignment.config.loader import recipe_path
     from flows.constitutional_ai import constitutional_ai
-    from flows.registry import load_recipe
+    from flows.registry import load_recipe, recipe_path
 
     monkeypatch.setenv("ALIGNMENT_STORE", str(tmp_path / "store"))
     _, recipe = load_recipe(str(recipe_path("constitutional-ai-tiny")),

@@ -17,7 +17,7 @@ from alignment import launch, stages
 from alignment.config import DataSpec, LaunchSpec, ModelSpec, PPOStageConfig, RewardSources, SFTStageConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-INFRA = ROOT / "flows" / "infra"
+INFRA = ROOT / "alignment" / "launch_profiles"
 TINY = ModelSpec(name="tiny-random")
 
 
@@ -30,7 +30,7 @@ def sft_config(**train) -> SFTStageConfig:
 def test_plans_and_their_errors(tmp_path):
     assert launch.plan(None) == launch.LaunchPlan() and not launch.plan(LaunchSpec(num_processes=1)).multi_process
     ddp = launch.plan(LaunchSpec(num_processes=2))
-    assert ddp.num_processes == 2 and ddp.accelerate_config.endswith("flows/infra/ddp.yaml"), "processes alone: DDP"
+    assert ddp.num_processes == 2 and ddp.accelerate_config.endswith("alignment/launch_profiles/ddp.yaml"), "processes alone: DDP"
     z3 = launch.plan(LaunchSpec(accelerate_config=str(INFRA / "zero3.yaml"), num_processes=4))
     assert (z3.distributed_type, z3.zero_stage, z3.num_processes) == ("DEEPSPEED", 3, 4)
     assert launch.plan(LaunchSpec(accelerate_config=str(INFRA / "zero2.yaml"))).num_processes == 8, "the file's count"
@@ -109,7 +109,7 @@ def test_a_flow_killed_mid_sft_resumes_sft_from_its_checkpoint(home, prefect_har
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "ALIGNMENT_HOME": str(home)}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "tiny", "-p", "sft.train.max_steps=400",
+    cmd = [sys.executable, "-m", "flows.service.cli", "run", "tiny", "-p", "sft.train.max_steps=400",
            "-p", "sft.train.checkpoint_every=20", "-p", "evaluate=null"]
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -194,7 +194,7 @@ def test_two_flow_runs_of_one_recipe_at_once_compute_each_stage_once(tmp_path, p
 
     home = tmp_path / "home"
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "ALIGNMENT_HOME": str(home)}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "tiny", "-p", "evaluate=null", "-p", "sft.train.max_steps=30"]
+    cmd = [sys.executable, "-m", "flows.service.cli", "run", "tiny", "-p", "evaluate=null", "-p", "sft.train.max_steps=30"]
     runs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in runs]

@@ -1,4 +1,4 @@
-"""The allowlist of deployment parameters (``flows.policy``), exhaustively: every key of every shipped
+"""The allowlist of deployment parameters (``flows.service.policy``), exhaustively: every key of every shipped
 recipe changed alone is refused unless the allowlist names it; an allowed key is accepted inside its
 bounds and refused outside; allowlists that would open what the gates guard are refused at serve time.
 The same `violations` function judges every deployment run (tests/test_e2e.py drives real ones)."""
@@ -10,8 +10,8 @@ import pytest
 
 from alignment.config import AllowRule
 from alignment.config.loader import validate_model
-from flows.policy import PolicyError, _out_of_bounds, flatten, matches, never, rules_for, violations
 from flows.registry import load_recipe
+from flows.service.policy import PolicyError, _out_of_bounds, flatten, matches, never, rules_for, violations
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted(p.stem for p in (ROOT / "flows" / "recipes").glob("*.yaml"))
@@ -179,12 +179,12 @@ def test_patterns():
 
 
 def test_a_run_is_judged_by_the_records_its_serving_process_loaded(monkeypatch):
-    """``flows.served``: records are 0600 files whose digest the serving process puts in its runs'
+    """``flows.service.served``: records are 0600 files whose digest the serving process puts in its runs'
     environment; a run without that environment, a deployment nobody served, or records changed after
     the process started are refused, each saying what to do."""
     import stat
 
-    from flows import served
+    from flows.service import served
 
     digest = served.write("test-serve", [{"flow": "sft-to-dpo", "deployment": "sft-to-dpo", "rules": [],
                                           "parameters": {"recipe": {"x": 1}}, "unsafe": False}])

@@ -19,13 +19,12 @@ def states(**changed: str) -> dict[str, str]:
 def recipe(prefect_harness, tmp_path_factory):
     import os
 
-    from alignment.config.loader import recipe_path
-    from flows.registry import load_recipe
+    from flows.registry import load_recipe, recipe_path
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("rlhf") / "store")
     try:
-        flow, loaded = load_recipe(str(recipe_path("rlhf-tiny")))
-        assert flow == "rlhf"
+        spec, loaded = load_recipe(str(recipe_path("rlhf-tiny")))
+        assert spec.name == "rlhf"
         yield loaded
     finally:
         os.environ.pop("ALIGNMENT_STORE")

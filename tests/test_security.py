@@ -79,7 +79,7 @@ def test_a_squatter_on_the_port_gets_no_credential_from_any_client(tmp_path, squ
     (tmp_path / "home" / "run" / "api-auth").write_text("alignment:the-real-credential\n")  # as if made before
     os.chmod(tmp_path / "home" / "run" / "api-auth", 0o600)
     for args in (["serve", "--recipe", "tiny"], ["summary"], ["wait"], ["credential"], ["approve", "0" * 32]):
-        p = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, cwd=ROOT, capture_output=True,
+        p = subprocess.run([sys.executable, "-m", "flows.service.cli", *args], env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
         assert p.returncode != 0, (args, p.stdout, p.stderr)
         assert f"port {port} on 127.0.0.1 is not this project's locked Prefect server" in p.stderr, (args, p.stderr)
@@ -106,7 +106,7 @@ def test_our_own_process_on_the_port_must_still_refuse_a_wrong_credential(tmp_pa
     run = tmp_path / "home" / "run"
     run.mkdir(parents=True)
     (run / "server.pid").write_text(f"{proc.pid} {start_time(proc.pid)}")
-    p = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "--recipe", "tiny"], env=env, cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "flows.service.cli", "serve", "--recipe", "tiny"], env=env, cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "accepted a wrong credential" in p.stderr and "an unlocked server" in p.stderr, p.stderr
     ours = (run / "api-auth").read_text().strip() if (run / "api-auth").is_file() else None
@@ -123,7 +123,7 @@ def test_a_run_notices_a_squatter_before_its_next_stage_and_sends_it_nothing(tmp
     the port is not our recorded server any more, so the check fails without a request carrying it."""
     port, log, _ = squatter
     env = {**cli_env(tmp_path, port), "PREFECT_API_AUTH_STRING": "alignment:the-real-credential"}
-    p = subprocess.run([sys.executable, "-c", "from flows import server; server.apply_defaults(); "
+    p = subprocess.run([sys.executable, "-c", "from flows.service import server; server.apply_defaults(); "
                         "print(repr(server.reachable()))"], env=env, cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert "NotOurServer" in p.stdout and f"port {port}" in p.stdout, p.stdout + p.stderr

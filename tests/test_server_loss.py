@@ -2,7 +2,7 @@
 stage with a clear error (exit 1) instead of hanging or starting work it cannot report; what it committed
 stays whole; the next `alignment run` restarts the server, marks the dead run Crashed and reuses every
 committed stage. Real processes, a real server on its own port and home. Marked slow: Prefect's client
-retries each call (3 times over 14 s, `flows.server.apply_defaults`), so the first run takes about
+retries each call (3 times over 14 s, `flows.service.server.apply_defaults`), so the first run takes about
 1.5 minutes to end (84 s measured)."""
 
 import json
@@ -32,7 +32,7 @@ def test_a_server_killed_mid_run_ends_the_run_clearly_and_a_rerun_reuses_what_wa
            "PREFECT_HOME": str(home / "prefect"), "PREFECT_LOCAL_STORAGE_PATH": str(home / "prefect-results"),
            "PYTHONUNBUFFERED": "1"}
     env.pop("PREFECT_API_AUTH_STRING", None)
-    cmd = [sys.executable, "-m", "flows.cli", "run", "tiny", "-p", "evaluate=null"]
+    cmd = [sys.executable, "-m", "flows.service.cli", "run", "tiny", "-p", "evaluate=null"]
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -76,11 +76,11 @@ def test_a_server_killed_mid_run_ends_the_run_clearly_and_a_rerun_reuses_what_wa
             assert f"wrote artifact {key}" not in out2, f"{key} was computed again:\n{out2[-3000:]}"
         assert "- sft: Cached" in out2, out2[-3000:]
         states = subprocess.run(
-            [sys.executable, "-c", "from flows import server; server.apply_defaults(); server.connect()\n"
+            [sys.executable, "-c", "from flows.service import server; server.apply_defaults(); server.connect()\n"
              "from prefect.client.orchestration import get_client\n"
              "with get_client(sync_client=True) as c:\n"
              "    print(sorted(r.state_name for r in c.read_flow_runs()))"],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert states.stdout.strip() == "['Completed', 'Crashed']", states.stdout + states.stderr
     finally:
-        subprocess.run([sys.executable, "-m", "flows.cli", "stop"], cwd=ROOT, env=env, capture_output=True)
+        subprocess.run([sys.executable, "-m", "flows.service.cli", "stop"], cwd=ROOT, env=env, capture_output=True)

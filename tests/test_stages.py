@@ -142,6 +142,6 @@ def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
     result = json.loads(p.stdout[p.stdout.index("{\n"):])
     assert result["stage"] == "sft" and result["metrics"]["steps"] == 2
     assert (Path(result["path"]) / "manifest.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "flows.cli", "stage", "sft", "--config", str(cfg),
+    bad = subprocess.run([sys.executable, "-m", "flows.service.cli", "stage", "sft", "--config", str(cfg),
                           "-p", "train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "train.learning_rate = -1: Input should be greater than 0" in bad.stderr

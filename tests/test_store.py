@@ -79,7 +79,7 @@ def test_alignment_verify_finds_changed_bytes_that_sizes_do_not_show(built, stor
     data[-1] ^= 0xFF  # same size, other content
     weights.write_bytes(bytes(data))
     assert store.complete("sft", built.key), "the quick check on reuse compares sizes only"
-    cmd = [sys.executable, "-m", "flows.cli", "verify"]
+    cmd = [sys.executable, "-m", "flows.service.cli", "verify"]
     env = {**os.environ, "ALIGNMENT_STORE": str(store.root)}
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and f"DAMAGED  sft/{built.key}: model/model.safetensors: its sha256 differs" in out.stdout

@@ -101,8 +101,8 @@ class LaunchSpec(Strict):
     """How a training stage runs: in one process (the default) or under `accelerate launch`."""
 
     accelerate_config: str | None = Field(
-        None, description="A plain accelerate config file: one of flows/infra/ (ddp, zero2, zero3, "
-        "zero3-offload, fsdp, two-node) or your own. Unset with num_processes > 1: flows/infra/ddp.yaml.")
+        None, description="A plain accelerate config file: one of alignment/launch_profiles/ (ddp, zero2, zero3, "
+        "zero3-offload, fsdp, two-node) or your own. Unset with num_processes > 1: alignment/launch_profiles/ddp.yaml.")
     num_processes: int | None = Field(None, ge=1, le=4096, description="Processes in all, over every machine "
                                       "(overrides the file's num_processes); more than 1 launches the stage.")
 

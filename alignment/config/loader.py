@@ -19,7 +19,6 @@ from pydantic import BaseModel, ValidationError
 from alignment.config.base import recorded_url
 
 M = TypeVar("M", bound=BaseModel)
-RECIPES_DIR = Path(__file__).resolve().parent.parent.parent / "flows" / "recipes"
 
 
 class RecipeError(ValueError):
@@ -157,15 +156,3 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str
             node = nxt
         node[parts[-1]] = value
     return out
-
-
-def recipe_path(name_or_path: str) -> Path:
-    """A recipe name under flows/recipes/ (``sft-to-dpo``) or a path to a YAML file."""
-    p = Path(name_or_path)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    candidate = RECIPES_DIR / f"{name_or_path}.yaml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(q.stem for q in RECIPES_DIR.glob("*.yaml")))
-        raise RecipeError(f"recipe {name_or_path!r} not found; known recipes: {known}, or pass a path to a YAML file")
-    return candidate

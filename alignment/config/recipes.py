@@ -123,8 +123,11 @@ class ParameterPolicy(Strict):
 
 class RecipeBase(Strict):
     """What every recipe has: the start model, the held-out prompts and how they are answered (the
-    `respond` steps), and the evaluation that judges those answers."""
+    `respond` steps), and the evaluation that judges those answers. Each flow's recipe narrows `flow`
+    to its own name (``flow: Literal["sft-to-dpo"] = "sft-to-dpo"``)."""
 
+    flow: str = Field(..., description="The flow this recipe drives (`alignment validate` lists them); the "
+                      "file's name decides nothing.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The model the flow starts from.")
     eval_prompts: DataSpec = Field(..., description="Held-out prompts: answered after each stage (`respond`) "
                                    "for the before/after table and the evaluation. Changing them reruns only "
@@ -135,7 +138,7 @@ class RecipeBase(Strict):
     evaluate: EvaluateOptions | None = Field(default_factory=EvaluateOptions,
                                              description="Evaluation of the final policy; null skips it.")
     launch: LaunchSpec | None = Field(None, description="Default launch of every training stage (a stage's own "
-                                      "`launch` wins): e.g. {accelerate_config: flows/infra/zero3.yaml, "
+                                      "`launch` wins): e.g. {accelerate_config: alignment/launch_profiles/zero3.yaml, "
                                       "num_processes: 8}; unset: one process.")
     gates: list[GateCondition] = Field(default_factory=list, description="Conditions on steps' metrics; the "
                                        "first step whose condition fails stops the flow (with a gate report).")
@@ -148,6 +151,7 @@ class RecipeBase(Strict):
 class SftToDpoRecipe(RecipeBase):
     """The `sft-to-dpo` flow: base model → SFT → DPO → evaluate (DPO vs SFT), held-out answers after each."""
 
+    flow: Literal["sft-to-dpo"] = Field("sft-to-dpo", description="The flow this recipe drives.")
     sft: SFTSection
     dpo: DPOSection
 
@@ -158,6 +162,7 @@ class ConstitutionalAIRecipe(RecipeBase):
     `model` is the helpful model to start from; `generation` and `engine` also serve the initial answers,
     critiques and revisions."""
 
+    flow: Literal["constitutional-ai"] = Field("constitutional-ai", description="The flow this recipe drives.")
     constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     redteam_prompts: DataSpec = Field(..., description="Training prompts to answer, critique and revise.")
     critique: CritiqueReviseOptions = Field(default_factory=CritiqueReviseOptions)
@@ -193,6 +198,7 @@ class RLHFRecipe(RecipeBase):
     """The `rlhf` flow: SFT → reward model → PPO (or GRPO / RLOO) → evaluation against the SFT model, whose
     held-out answers the reward model scores."""
 
+    flow: Literal["rlhf"] = Field("rlhf", description="The flow this recipe drives.")
     sft: SFTSection | None = Field(None, description="SFT first; null starts RL from `model` directly.")
     reward: RewardSection = Field(..., description="The reward model, trained from the SFT model (or `model`).")
     prompts: DataSpec = Field(..., description="RL training prompts.")
@@ -208,6 +214,7 @@ class IterativeDPORecipe(RecipeBase):
     current policy → score them → best-vs-worst pairs → DPO from the current policy → held-out answers
     scored against the start model's], stopping early when the held-out score stops improving."""
 
+    flow: Literal["iterative-dpo"] = Field("iterative-dpo", description="The flow this recipe drives.")
     sft: SFTSection | None = Field(None, description="SFT first; null starts the rounds from `model`.")
     reward: RewardSection | None = Field(None, description="Train the reward model that labels the samples "
                                          "(step `reward`, from the SFT model or `model`).")

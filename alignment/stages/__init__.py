@@ -12,9 +12,9 @@ from importlib import import_module
 from types import ModuleType
 
 from alignment.artifacts import StageResult
-from alignment.stages.contract import RunContext, StageSpec
+from alignment.stages.contract import Plan, RunContext, StageSpec
 
-__all__ = ["RunContext", "StageResult", "StageSpec", "module", "names", "runner", "spec", "spec_for"]
+__all__ = ["Plan", "RunContext", "StageResult", "StageSpec", "module", "names", "plan", "runner", "spec", "spec_for"]
 
 
 @lru_cache(maxsize=1)
@@ -54,3 +54,8 @@ def spec_for(config) -> StageSpec:
         if type(config) is mod.SPEC.config:
             return mod.SPEC
     raise TypeError(f"{type(config).__name__} is no stage's config class")
+
+
+def plan(config) -> Plan:
+    """The stage `config` belongs to, with its key and identity worked out (``StageSpec.plan``)."""
+    return spec_for(config).plan(config)

@@ -83,6 +83,7 @@ class RunContext:
     progress: Progress | None = None
     store: ArtifactStore | None = None
     log: Callable[[str], None] = print  # where a launched stage's log lines go (the Prefect task: its logger)
+    plan: "Plan | None" = None  # the step as the chain worked it out (``StageSpec.plan``): not done again
 
 
 class ContractError(RuntimeError):
@@ -225,24 +226,48 @@ class StageSpec:
             out["launch"] = launch.plan(config.launch).identity()
         return out
 
-    def key(self, config: StageConfig) -> str:
-        """The artifact key (and Prefect cache key) of `config`, with `auto` settings resolved first."""
-        return stage_key(self.name, self.identity(resolve_auto(config)[0]))
-
-    def start(self, config: StageConfig, context: RunContext | None = None) -> "Job":
+    def plan(self, config: StageConfig) -> "Plan":
+        """The step worked out once: `auto` settings resolved, the identity (data files hashed) and the
+        artifact key, which is also the Prefect cache key. The chain plans each step and hands the plan to
+        the task and the stage (``RunContext.plan``), so nothing is hashed twice."""
         if not isinstance(config, self.config):
             raise TypeError(f"stage {self.name} takes a {self.config.__name__}, got {type(config).__name__}")
         resolved, what = resolve_auto(config)
+        ident = self.identity(resolved)
+        return Plan(self, config, resolved, what, ident, stage_key(self.name, ident))
+
+    def key(self, config: StageConfig) -> str:
+        """The artifact key (and Prefect cache key) of `config`, with `auto` settings resolved first."""
+        return self.plan(config).key
+
+    def start(self, config: StageConfig, context: RunContext | None = None) -> "Job":
+        context = context or RunContext()
+        given = context.plan
+        step = given if given is not None and given.stage is self and given.config == config else self.plan(config)
+        what = step.what
         if launch.is_child():  # the parent resolved `auto` before freezing the config: keep its record
             what = {**json.loads(os.environ.get(launch.RESOLVED, "{}")), **what}
-        ident = self.identity(resolved)
+        resolved = step.resolved
         plan = launch.plan(resolved.launch) if "launch" in type(resolved).model_fields else launch.LaunchPlan()
-        return Job(self, resolved, context or RunContext(), ident, stage_key(self.name, ident), what, plan)
+        return Job(self, resolved, context, step.identity, step.key, what, plan)
 
     def output(self, result: StageResult | dict[str, Any], name: str) -> Path:
         """Where output `name` of a finished artifact is (a result object or its dict form)."""
         base = result.path if isinstance(result, StageResult) else result["path"]
         return Path(base) / self.outputs[name]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One step, worked out: its stage, its config as given and with `auto` resolved (and what each `auto`
+    became), its identity and its key."""
+
+    stage: StageSpec
+    config: StageConfig
+    resolved: StageConfig
+    what: dict[str, str]
+    identity: dict[str, Any]
+    key: str
 
 
 @dataclass

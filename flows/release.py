@@ -1,11 +1,10 @@
-"""Gates, approval and promotion: nothing is released unless its numbers and, when asked, a person say so.
+"""The release: nothing is released unless its numbers and, when asked, a person say so.
 
-- **Metric gates** (`gates:` in any recipe): conditions on a step's metrics, checked by the chain right
-  after that step. The first failing step stops the flow (``GateFailed``, the run ends Failed) with a
-  markdown gate report (``<flow>-gates``) naming every condition checked so far, its value and its
-  threshold. A metric the step did not produce, or did not compute (``None``, e.g. judged numbers of a
-  judge at chance), fails its condition: a gate never passes on a number nobody measured. A gate whose
-  step never ran (an iterative round after an early stop) fails at the end, before promotion.
+- **Metric gates** (`gates:` in any recipe; the predicate is ``alignment.gates``): checked by the chain
+  right after their step. The first failing step stops the flow (``GateFailed``, the run ends Failed)
+  with a markdown gate report (``<flow>-gates``) naming every condition checked so far, its value and its
+  threshold. A gate whose step never ran (an iterative round after an early stop) fails at the end,
+  before promotion.
 - **Approval** (`promote.approval`): the run waits with typed input (``Approval``) and the UI shows a
   Resume form: approve or not, who, a comment; `alignment approve RUN_ID` answers from a terminal. A
   deployment run is *suspended* (its process exits, so a paused run holds no serve slot or GPU; on resume
@@ -15,14 +14,12 @@
   repository when one is configured and reachable.
 
 Gates and `promote`, and what the gates measure, come from the served recipe: deployment parameters may
-not change them (``flows.policy``). An approval is bound to the artifact and gate results it was asked
+not change them (``flows.service.policy``). An approval is bound to the artifact and gate results it was asked
 about (``approval_question``): a run changed while it waits asks again. Whoever holds the API credential
 can resume a run (approve it), so the reviewer's name is what they type, not an identity.
 """
 
-import functools
 import json
-import operator
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -30,30 +27,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.input import RunInput
 from pydantic import Field
 
-from alignment.config import GateCondition, ModelSpec
+from alignment.config import ModelSpec
+from alignment.gates import GateCheck
 from flows import reports
 
 POLL_S = 3  # how often a paused run checks for the decision
-OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
-
-
-class GateFailed(RuntimeError):
-    """A gate condition failed: the flow stops; the gate report says which and why."""
-
-
-def gated(fn):
-    """Under ``@flow``: a failed gate ends the run ``Failed`` with the gate's message, as an outcome of
-    the run rather than a crash (no traceback in the run's log)."""
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except GateFailed as e:
-            from prefect.states import Failed
-
-            get_run_logger().error("%s", e)
-            return Failed(message=str(e))
-    return run
 
 
 class Approval(RunInput):
@@ -64,88 +42,7 @@ class Approval(RunInput):
     comment: str = Field("", max_length=2000, description="Why (kept in the release record).")
 
 
-def condition_text(c: GateCondition) -> str:
-    metric = f"{c.metric} − {c.minus}" if c.minus else c.metric
-    return f"{c.step}: {metric} {c.op} {c.value:g}"
-
-
-def evaluate(c: GateCondition, metrics: dict[str, Any] | None) -> dict[str, Any]:
-    """One condition against a step's metrics (None: the step never ran)."""
-    out = {"condition": condition_text(c), "step": c.step, "threshold": f"{c.op} {c.value:g}", "value": None}
-    if metrics is None:
-        return {**out, "passed": False, "why": f"step {c.step} did not run"}
-    values = []
-    for name in filter(None, (c.metric, c.minus)):
-        if name not in metrics:
-            numeric = sorted(k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool))
-            return {**out, "passed": False, "why": f"{c.step} has no metric {name!r} (it has: {', '.join(numeric)})"}
-        if not isinstance(metrics[name], int | float) or isinstance(metrics[name], bool):
-            return {**out, "passed": False, "why": f"{name} was not computed ({metrics[name]!r})"
-                    + (f": {metrics['judged_note']}" if metrics.get("judged_note") else "")}
-        values.append(float(metrics[name]))
-    value = values[0] - (values[1] if len(values) > 1 else 0.0)
-    passed = OPS[c.op](value, c.value)
-    return {**out, "value": value, "passed": passed, "why": "" if passed else f"{value:.4g} is not {c.op} {c.value:g}"}
-
-
-def check_recipe(recipe, labels: tuple[str, ...]) -> list[GateCondition]:
-    """The recipe's gates, each naming a step this recipe runs (before any stage starts)."""
-    for i, c in enumerate(recipe.gates):
-        if c.step not in labels:
-            raise ValueError(f"gates[{i}].step: {c.step!r} is not a step of this recipe; its steps are "
-                             f"{', '.join(labels)}")
-    return list(recipe.gates)
-
-
-class Gates:
-    """The conditions of one run and their results, checked by the chain after each step."""
-
-    def __init__(self, conditions: list[GateCondition]):
-        self.conditions = conditions
-        self.results: list[dict[str, Any]] = []
-        self.checked: set[int] = set()
-
-    def after(self, label: str, result: dict[str, Any], chain) -> None:
-        due = [i for i, c in enumerate(self.conditions) if c.step == label and i not in self.checked]
-        for i in due:
-            self.checked.add(i)
-            self.results.append(evaluate(self.conditions[i], result["metrics"]))
-        if any(not r["passed"] for r in self.results):
-            self.stop(chain)
-
-    def finish(self, chain) -> None:
-        """Conditions on steps that never ran fail now (before any promotion)."""
-        for i, c in enumerate(self.conditions):
-            if i not in self.checked:
-                self.checked.add(i)
-                self.results.append(evaluate(c, None))
-        if any(not r["passed"] for r in self.results):
-            self.stop(chain)
-
-    def stop(self, chain) -> None:
-        reports.publish_stages(chain.results, chain.states)  # the steps that ran stay inspectable
-        self.publish(chain.flow)
-        failed = [f"{r['condition']} ({r['why']})" for r in self.results if not r["passed"]]
-        raise GateFailed(f"gate failed, the flow stops: {'; '.join(failed)}. The gate report is the run's "
-                         f"`{chain.flow}-gates` artifact; committed steps are reused on the next run")
-
-    def markdown(self, flow: str) -> str:
-        failed = sum(not r["passed"] for r in self.results)
-        lines = [f"# {flow}: gates", "",
-                 f"**{'FAILED' if failed else 'passed'}**: {len(self.results) - failed} of {len(self.results)} "
-                 "condition(s) hold.", "", "| | condition | value | threshold | why |", "|---|---|---|---|---|"]
-        for r in self.results:
-            value = "not measured" if r["value"] is None else f"{r['value']:.4g}"
-            lines.append(f"| {'✅' if r['passed'] else '❌'} | `{r['condition']}` | {value} | {r['threshold']} | {r['why']} |")
-        return "\n".join(lines)
-
-    def publish(self, flow: str) -> None:
-        if self.results:
-            create_markdown_artifact(self.markdown(flow), key=f"{flow}-gates",
-                                     description=f"{flow}: every gate condition, its value and its threshold")
-
-
-def approval_question(model: ModelSpec, gates: Gates) -> tuple[str, dict[str, Any]]:
+def approval_question(model: ModelSpec, gates: GateCheck) -> tuple[str, dict[str, Any]]:
     """The key of the approval input and what it approves: the model's artifact id and the gate results.
     A run whose parameters changed while it waited computes another model (or other numbers) when it
     resumes, so it asks a new question: an answer about model A never releases model B."""
@@ -158,7 +55,7 @@ def approval_question(model: ModelSpec, gates: Gates) -> tuple[str, dict[str, An
                                                    "gates_sha256": sha256_json(gates.results)}
 
 
-def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: Gates, timeout_s: int) -> dict[str, Any]:
+def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: GateCheck, timeout_s: int) -> dict[str, Any]:
     """Pause the run until a person answers the Resume form (or `alignment approve`); the answer is bound
     to the artifact and gate results asked about (`approval_question`)."""
     from prefect.flow_runs import pause_flow_run, suspend_flow_run
@@ -166,7 +63,7 @@ def ask_approval(flow: str, model: ModelSpec, headline: dict[str, Any], gates: G
 
     key, subject = approval_question(model, gates)
 
-    numbers = [f"| {k} | {reports._fmt(v)} |" for k, v in headline.items() if v is not None][:40]
+    numbers = [f"| {k} | {reports.fmt(v)} |" for k, v in headline.items() if v is not None][:40]
     create_markdown_artifact(
         "\n".join([f"# {flow}: approval requested", "", f"Model: `{subject['artifact_id']}` at `{model.name}`", "",
                    "Review the run's artifacts (results card, evaluation report, responses), then press "
@@ -202,12 +99,18 @@ def promote_task(name: str, model_dir: str, run: dict[str, Any], gate_results: l
     return record
 
 
-def release(chain, recipe, flow: str, model: ModelSpec, headline: dict[str, Any]) -> dict[str, Any] | None:
+def _final_gates(chain) -> None:
+    if chain.gates.finish():
+        chain.stop_at_gate()
+    reports.publish_gates(chain.flow, chain.gates)
+
+
+def release(chain, recipe, model: ModelSpec, headline: dict[str, Any]) -> dict[str, Any] | None:
     """After the last step: every gate must have passed; then approval (if asked) and `promote`."""
     from prefect.runtime import flow_run
 
-    chain.gates.finish(chain)
-    chain.gates.publish(flow)
+    flow = chain.flow
+    _final_gates(chain)
     options = recipe.promote
     if options is None:
         return None
@@ -234,9 +137,8 @@ def release(chain, recipe, flow: str, model: ModelSpec, headline: dict[str, Any]
     return {"promoted": True, **record}
 
 
-def no_release(chain, flow: str, why: str) -> dict[str, Any]:
+def no_release(chain, why: str) -> dict[str, Any]:
     """The flow has no model worth releasing: gates are still checked and reported, nothing is promoted."""
-    chain.gates.finish(chain)
-    chain.gates.publish(flow)
+    _final_gates(chain)
     get_run_logger().warning("nothing to promote: %s", why)
     return {"promoted": False, "reason": why}

@@ -1,11 +1,11 @@
-"""A pool's flow run process: ``python -m flows.pool_run`` (the literal command of the pools `alignment
+"""A pool's flow run process: ``python -m flows.service.pool_run`` (the literal command of the pools `alignment
 deploy` makes; `alignment worker` runs it whatever the pool says).
 
 Before any flow code loads, the deployment is checked against what `alignment deploy` recorded
-(``flows.served``): the same entrypoint, pull steps and job variables, and no job variables on the run.
+(``flows.service.served``): the same entrypoint, pull steps and job variables, and no job variables on the run.
 Anything else fails the run with a message naming what differs, and nothing from the API runs (pull steps
 never do). Then Prefect's engine runs the flow from the *recorded* entrypoint (``PREFECT__FLOW_ENTRYPOINT``),
-and the flow's own parameter check (``flows.policy``) judges the recipe against the record.
+and the flow's own parameter check (``flows.service.policy``) judges the recipe against the record.
 """
 
 import os
@@ -30,7 +30,7 @@ def main() -> int:
     from prefect.client.orchestration import get_client
     from prefect.states import Failed
 
-    from flows import served, server
+    from flows.service import served, server
 
     server.apply_defaults()
     server.connect()  # a local API: proven ours before the credential is used

@@ -1,6 +1,6 @@
 """``alignment``: the command line for work without the UI.
 
-    alignment serve [--recipe sft-to-dpo]     start the local Prefect server and serve the deployments
+    alignment serve [--recipe R ...]          start the local Prefect server and serve every flow's deployments
     alignment deploy --pool NAME [--recipe R] deploy the flows to a work pool
     alignment worker --pool NAME              run that pool's flow runs here (what deploy recorded, nothing else)
     alignment run [RECIPE] [-p key=value] [--refresh STAGE]   run the flow in this process
@@ -9,6 +9,7 @@
     alignment wait [FLOW_RUN_ID]              follow a run until it ends (default: the latest)
     alignment summary [FLOW_RUN_ID]           UI address and results of a run (default: the latest)
     alignment validate [RECIPE ...]           check recipes and every data file they name
+    alignment flows                           the flows, their steps and default recipes
     alignment verify [STAGE/KEY ...] [--fix]  check stored artifacts against their manifests (sha256)
     alignment model fetch [NAME]              fetch and convert a built-in model into the cache
     alignment recipe RECIPE [--json]          print a validated recipe (as deployment parameters)
@@ -27,10 +28,11 @@ from typing import Any
 import httpx
 
 from alignment import stages
-from alignment.config.loader import RecipeError, load_yaml_model, recipe_path
+from alignment.config.loader import RecipeError, load_yaml_model
 from alignment.constitution import ConstitutionError
-from flows import server
-from flows.registry import FLOWS
+from flows import registry
+from flows.registry import load_recipe, recipe_path
+from flows.service import server
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -47,24 +49,23 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
-    server.ensure_serving(a.recipe, a.cai_recipe, a.rlhf_recipe, a.iterative_recipe, allow=a.allow,
-                          allow_files=a.allow_file, unsafe=a.allow_unsafe_parameters)
+    recipes = server.ensure_serving(a.recipe, allow=a.allow, allow_files=a.allow_file,
+                                    unsafe=a.allow_unsafe_parameters)
     st = server.status()
-    print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of sft-to-dpo (recipe "
-          f"{a.recipe!r}), constitutional-ai ({a.cai_recipe!r}), rlhf ({a.rlhf_recipe!r}) and iterative-dpo "
-          f"({a.iterative_recipe!r}); logs in {st['logs']}\n"
-          "Run:  prefect deployment run sft-to-dpo/sft-to-dpo --watch   (or constitutional-ai/..., rlhf/rlhf)")
+    served = ", ".join(f"{registry.flow_of(recipe_path(r))} (recipe {r!r})" for r in recipes)
+    print(f"Prefect server: {st['ui']}  (API {st['api']})\nServing deployments of {served}; logs in {st['logs']}\n"
+          "Run:  prefect deployment run sft-to-dpo/sft-to-dpo --watch   (any FLOW/FLOW; `alignment flows` lists them)")
 
 
 def cmd_deploy(a) -> None:
-    from flows.deploy import main as deploy_main
+    from flows.service.deploy import main as deploy_main
 
     server.ensure_server()
     deploy_main(["--pool", a.pool, *(x for r in (a.recipe or []) for x in ("--recipe", r))])
 
 
 def cmd_worker(a) -> None:
-    from flows.worker import main as worker_main
+    from flows.service.worker import main as worker_main
 
     worker_main(a.pool, a.limit)
 
@@ -79,11 +80,9 @@ def cmd_credential(a) -> None:
 
 
 def cmd_run(a) -> None:
-    from flows.registry import flow_function, load_recipe
-
-    flow, recipe = load_recipe(a.recipe, _parse_params(a.param))
+    spec, recipe = load_recipe(a.recipe, _parse_params(a.param))
     server.ensure_server()
-    state = flow_function(flow)(recipe=recipe, refresh=a.refresh, return_state=True)
+    state = spec.function(recipe=recipe, refresh=a.refresh, return_state=True)
     if not state.is_completed() and server.reachable() is not None:
         raise RuntimeError(_server_lost(state.message or ""))
     summary(str(state.state_details.flow_run_id))
@@ -105,13 +104,13 @@ def cmd_stage(a) -> None:
 
 
 def _latest_run_id() -> str | None:
-    """The latest run of any of the project's flows (sft-to-dpo, constitutional-ai, rlhf, iterative-dpo)."""
+    """The latest run of any of the project's flows (``flows.registry``)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as c:
-        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(FLOWS))),
+        runs = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=list(registry.names()))),
                                 sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=1)
     return str(runs[0].id) if runs else None
 
@@ -123,7 +122,7 @@ def summary(run_id: str | None = None, rows: int = 6) -> None:
     server.connect()
     run_id = run_id or _latest_run_id()
     if run_id is None:
-        print(f"no run of {', '.join(FLOWS)} yet")
+        print(f"no run of {', '.join(registry.names())} yet")
         return
     with get_client(sync_client=True) as c:
         run = c.read_flow_run(run_id)
@@ -163,7 +162,7 @@ def wait(run_id: str | None, poll: float = 2.0) -> bool:
     server.connect()
     run_id = run_id or _latest_run_id()
     if run_id is None:
-        print(f"no run of {', '.join(FLOWS)} yet")
+        print(f"no run of {', '.join(registry.names())} yet")
         return False
     last, t0 = "", time.time()
     with get_client(sync_client=True) as c:
@@ -209,16 +208,23 @@ def cmd_validate(a) -> None:
     """Every prompt template renders; every recipe, its data, models and launch configs check out; what the
     data layer drops or counts (identical pairs, rows over max_length) is reported."""
     from alignment.prompts import validate_all
-    from flows.registry import data_report, load_recipe, preflight
 
     print(f"ok  prompts/: {len(validate_all())} templates render")
-    names = a.recipes or sorted(p.stem for p in recipe_path("sft-to-dpo").parent.glob("*.yaml"))
-    for name in names:
-        flow, recipe = load_recipe(name)
-        preflight(flow, recipe)
-        print(f"ok  {recipe_path(name)}  ({flow})")
-        for line in data_report(flow, recipe):
+    for name in a.recipes or registry.recipe_names():
+        spec, recipe = load_recipe(name)
+        spec.check(recipe)
+        print(f"ok  {recipe_path(name)}  ({spec.name}: {len(spec.steps(recipe))} steps)")
+        for line in registry.data_report(spec, recipe):
             print(f"    {line}")
+
+
+def cmd_flows(a) -> None:
+    """Every flow the registry finds: its module, steps (of its default recipe) and default recipe."""
+    for name, spec in registry.flows().items():
+        line = f"{name:<20} {spec.module}  default recipe: {spec.default_recipe or '(none: serve it with --recipe)'}"
+        if spec.default_recipe:
+            line += "\n" + " " * 21 + "steps: " + " → ".join(spec.steps(load_recipe(spec.default_recipe)[1]))
+        print(line + (f"\n{' ' * 21}{spec.description}" if spec.description else ""))
 
 
 def cmd_verify(a) -> None:
@@ -252,8 +258,6 @@ def cmd_model(a) -> None:
 
 
 def cmd_recipe(a) -> None:
-    from flows.registry import load_recipe
-
     _, recipe = load_recipe(a.recipe, _parse_params(a.param))
     print(json.dumps({"recipe": recipe.model_dump(mode="json")}) if a.json else recipe.model_dump_json(indent=2))
 
@@ -335,10 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="start the server (if needed) and serve deployments in the background")
-    s.add_argument("--recipe", default="sft-to-dpo", help="recipe the sft-to-dpo deployments serve")
-    s.add_argument("--cai-recipe", default="constitutional-ai", help="recipe the constitutional-ai deployments serve")
-    s.add_argument("--rlhf-recipe", default="rlhf", help="recipe the rlhf deployments serve")
-    s.add_argument("--iterative-recipe", default="iterative-dpo", help="recipe the iterative-dpo deployments serve")
+    s.add_argument("--recipe", action="append", default=[], metavar="RECIPE",
+                   help="a recipe to serve (repeatable; its `flow:` key says which flow); the other flows serve "
+                   "their default recipe")
     s.add_argument("--allow", action="append", default=[], metavar="KEY[=MIN..MAX]",
                    help="deployment runs may also change KEY (within MIN..MAX), e.g. --allow dpo.beta=0.05..0.5")
     s.add_argument("--allow-file", action="append", default=[], metavar="KEY",
@@ -358,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_worker)
     sub.add_parser("credential", help="print the local server's credential once it is proven ours (for `prefect`)"
                    ).set_defaults(fn=cmd_credential)
-    s = sub.add_parser("run", help="run a recipe's flow (sft-to-dpo, constitutional-ai, rlhf or iterative-dpo) in this process")
+    s = sub.add_parser("run", help="run a recipe's flow (the one its `flow:` key names) in this process")
     s.add_argument("recipe", nargs="?", default="sft-to-dpo")
     s.add_argument("-p", "--param", action="append", default=[], help="dotted override, e.g. dpo.beta=0.2")
     s.add_argument("--refresh", action="append", default=[],
@@ -376,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("wait", help="follow a flow run until it ends (default: the latest run of any flow)")
     s.add_argument("run_id", nargs="?")
     s.set_defaults(fn=lambda a: sys.exit(0 if wait(a.run_id) else 1))
+    sub.add_parser("flows", help="the flows, their steps and default recipes").set_defaults(fn=cmd_flows)
     s = sub.add_parser("validate", help="validate recipes and their data")
     s.add_argument("recipes", nargs="*")
     s.set_defaults(fn=cmd_validate)

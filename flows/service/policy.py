@@ -1,5 +1,5 @@
 """What a deployment run may change. Parameters and job variables arrive over the API, so they are
-untrusted; the authority is the recipe the serving process loaded (``flows.served``), never a copy the
+untrusted; the authority is the recipe the serving process loaded (``flows.service.served``), never a copy the
 API can edit. A run started from a deployment is refused before any stage, naming each key, when:
 
 - its recipe (the `recipe` parameter after `overrides`) differs from the served recipe in a key that is
@@ -33,7 +33,7 @@ from alignment.config import AllowRule
 from alignment.config.stages import DPOLoss
 from alignment.data import LOCAL_SUFFIXES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 MISSING = "<unset>"
 SEED = {"min": 0, "max": 2**31 - 1}
 
@@ -243,7 +243,7 @@ def check(recipe: BaseModel) -> None:
     """Refuse a deployment run that changes what only the serving machine may (see the module)."""
     from prefect.context import FlowRunContext
 
-    from flows import served
+    from flows.service import served
 
     ctx = FlowRunContext.get()
     run = ctx.flow_run if ctx else None
@@ -274,7 +274,7 @@ def check(recipe: BaseModel) -> None:
 def _record(run, flow: str):
     from prefect.client.orchestration import get_client
 
-    from flows import served
+    from flows.service import served
 
     with get_client(sync_client=True) as c:
         deployment = c.read_deployment(run.deployment_id)

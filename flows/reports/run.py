@@ -37,7 +37,7 @@ def sparkline(values: list[float], width: int = 40) -> str:
     return "".join(SPARK[int((v - lo) / span * (len(SPARK) - 1))] for v in values)
 
 
-def _fmt(v: Any) -> str:
+def fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
@@ -90,7 +90,7 @@ def curves_markdown(stage: str, curves: tuple[str, ...], history: list[dict[str,
     rows = [h for h in history if any(k in h for k in keys)]
     lines += ["", "| step | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for h in rows[:: max(1, len(rows) // 12)]:
-        lines.append(f"| {h['step']} | " + " | ".join(_fmt(h.get(k, "")) for k in keys) + " |")
+        lines.append(f"| {h['step']} | " + " | ".join(fmt(h.get(k, "")) for k in keys) + " |")
     return "\n".join(lines)
 
 
@@ -110,7 +110,7 @@ def stage_markdown(stage: str, result: dict[str, Any], status: str) -> str:
         "",
         "| metric | value |",
         "|---|---|",
-        *[f"| {k} | {_fmt(v)} |" for k, v in metrics.items()],
+        *[f"| {k} | {fmt(v)} |" for k, v in metrics.items()],
         "",
         "## Inputs",
         "",
@@ -178,7 +178,7 @@ def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, s
     card += [f"| {s} | {statuses[s]} | `{r['key']}` |" for s, r in results.items()]
     skipped = [k for k, v in numbers.items() if v is None]  # e.g. judged numbers with a judge at chance
     card += ["", "| metric | value |", "|---|---|",
-             *[f"| {k} | {_fmt(v)} |" for k, v in numbers.items() if v is not None],
+             *[f"| {k} | {fmt(v)} |" for k, v in numbers.items() if v is not None],
              *([f"| not computed | {', '.join(skipped)} |"] if skipped else [])]
     create_markdown_artifact("\n".join(card), key=f"{flow}-results", description=f"{flow}: headline results")
     return numbers

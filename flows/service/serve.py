@@ -1,41 +1,52 @@
 """Serve the project's deployments from this process (``alignment serve`` starts it in the background).
 
-    python -m flows.serve [--recipe sft-to-dpo]
+    python -m flows.service.serve [--recipe RECIPE ...]
 
-Deployments (Prefect names are FLOW/DEPLOYMENT):
-    sft-to-dpo/sft-to-dpo                  the recipe, everything cached that can be
-    sft-to-dpo/rerun-<step>                the same with `refresh: [<step>]`: that step runs again, with a
-                                           new artifact key, so the steps after it run too
-    constitutional-ai/constitutional-ai    the Constitutional AI recipe
-    constitutional-ai/rerun-<step>         likewise, per step of the recipe (initial, critique_revise, sl_cai, ...)
-    rlhf/rlhf                              SFT → reward model → PPO (or GRPO/RLOO) → evaluate
-    rlhf/rerun-<step>                      likewise, per step of the recipe (sft, reward, ppo, evaluate, ...)
-    iterative-dpo/iterative-dpo            rounds of sample → reward-model pairs → DPO, early stopping
-    iterative-dpo/rerun-round-<n>          round n and every round after it again (earlier rounds from cache)
+Every flow the registry finds (``flows.registry``) is served, each with one recipe: a recipe named with
+`--recipe` serves the flow its `flow:` key names; every other flow serves its default recipe. Per flow
+(Prefect names are FLOW/DEPLOYMENT):
+    <flow>/<flow>                          the recipe, everything cached that can be
+    <flow>/rerun-<step>                    the same with `refresh: [<step>]`: that step runs again, with a
+                                           new artifact key, so the steps after it run too (for the
+                                           round flows, rerun-round-<n>: round n and every round after it)
 """
 
 import argparse
 import os
 
 from alignment.config import AllowRule
-from alignment.config.loader import RecipeError, recipe_path
-from flows import served
-from flows.policy import rules_for
-from flows.registry import flow_function, load_recipe, steps
+from alignment.config.loader import RecipeError
+from flows import registry
+from flows.registry import load_recipe, recipe_path
+from flows.service import served
+from flows.service.policy import rules_for
 
 
-def _for(recipe_name: str, expected: str, extra: list[AllowRule] = (), unsafe: bool = False) -> list:
+def recipes_to_serve(named: list[str] = ()) -> list[str]:
+    """One recipe per flow: the named ones (each serves the flow its `flow:` key names), then each other
+    flow's default recipe. Two recipes of one flow are refused (their deployments would share names)."""
+    chosen: dict[str, str] = {}
+    for name in named:
+        flow = registry.flow_of(recipe_path(name))
+        if flow in chosen:
+            raise RecipeError(f"--recipe {name!r} and --recipe {chosen[flow]!r} both drive the {flow} flow; a "
+                              "server serves one recipe per flow (its deployments are named after the flow)")
+        chosen[flow] = name
+    for flow, spec in registry.flows().items():
+        if flow not in chosen and spec.default_recipe is not None:
+            chosen[flow] = spec.default_recipe
+    return list(chosen.values())
+
+
+def _for(recipe_name: str, extra: list[AllowRule] = (), unsafe: bool = False) -> list:
     """The main deployment of the recipe's flow (named like the flow) and a rerun-<step> per step, each
-    with the record of what it serves (``flows.served``): (deployment, record) pairs."""
-    flow, recipe = load_recipe(recipe_name)
-    if flow != expected:
-        raise RecipeError(f"recipe {recipe_name!r} drives the {flow} flow; this slot serves {expected} "
-                          f"(recipes named {expected}*.yaml, or any other name for sft-to-dpo)")
+    with the record of what it serves (``flows.service.served``): (deployment, record) pairs."""
+    spec, recipe = load_recipe(recipe_name)
+    flow = spec.name
     rules = [r.model_dump(mode="json") for r in rules_for(recipe, [r for r in extra if _names_a_key(r, recipe)])]
-    flow_fn = flow_function(flow)
     params = {"recipe": recipe.model_dump(mode="json")}
     out = [(flow, params, dict(tags=["alignment"], description=f"{flow} on recipe {recipe_path(recipe_name)}"))]
-    for step in steps(flow, recipe):
+    for step in spec.steps(recipe):
         out.append((f"rerun-{step}", {**params, "refresh": [step]}, dict(
             tags=["alignment", "rerun"], description=f"Run {step} again (new artifact), reuse what comes before it "
             "from cache.")))
@@ -43,13 +54,13 @@ def _for(recipe_name: str, expected: str, extra: list[AllowRule] = (), unsafe: b
     for name, parameters, extra_args in out:
         record = {"flow": flow, "deployment": name, "parameters": parameters, "rules": rules, "unsafe": unsafe,
                   "entrypoint": None, "pull_steps": None, "job_variables": None}  # serve runs its own flow objects
-        made.append((flow_fn.to_deployment(name=name, parameters=parameters, **extra_args), record))
+        made.append((spec.function.to_deployment(name=name, parameters=parameters, **extra_args), record))
     return made
 
 
 def _names_a_key(rule: AllowRule, recipe) -> bool:
-    """A command-line rule applies to the recipes that have the key (one --allow for all four flows)."""
-    from flows.policy import flatten, matches
+    """A command-line rule applies to the recipes that have the key (one --allow for every flow)."""
+    from flows.service.policy import flatten, matches
 
     return any(matches(rule.key, k) for k in flatten(recipe.model_dump(mode="json")))
 
@@ -69,11 +80,9 @@ def parse_allow(allow: list[str], files: list[str]) -> list[AllowRule]:
     return rules + [AllowRule(key=key, file=True) for key in files]
 
 
-def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai",
-                rlhf_recipe: str = "rlhf", iterative_recipe: str = "iterative-dpo",
-                extra: list[AllowRule] = (), unsafe: bool = False) -> list:
-    made = (_for(recipe_name, "sft-to-dpo", extra, unsafe) + _for(cai_recipe, "constitutional-ai", extra, unsafe)
-            + _for(rlhf_recipe, "rlhf", extra, unsafe) + _for(iterative_recipe, "iterative-dpo", extra, unsafe))
+def deployments(recipes: list[str] = (), extra: list[AllowRule] = (), unsafe: bool = False) -> list:
+    """Every flow's deployments (``recipes_to_serve(recipes)``), with their records."""
+    made = [d for name in recipes_to_serve(recipes) for d in _for(name, extra, unsafe)]
     for rule in extra:
         if not any(any(r["key"] == rule.key for r in record["rules"]) for _, record in made):
             raise RecipeError(f"--allow {rule.key}: no served recipe has that key")
@@ -82,10 +91,8 @@ def deployments(recipe_name: str = "sft-to-dpo", cai_recipe: str = "constitution
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="sft-to-dpo", help="sft-to-dpo recipe (name under flows/recipes/ or path)")
-    p.add_argument("--cai-recipe", default="constitutional-ai", help="constitutional-ai recipe")
-    p.add_argument("--rlhf-recipe", default="rlhf", help="rlhf recipe")
-    p.add_argument("--iterative-recipe", default="iterative-dpo", help="iterative-dpo recipe")
+    p.add_argument("--recipe", action="append", default=[], help="a recipe to serve (name under flows/recipes/ "
+                   "or path; its `flow:` key says which flow); other flows serve their default recipe")
     p.add_argument("--limit", type=int, default=1, help="flow runs at a time (one machine, one model)")
     p.add_argument("--allow", action="append", default=[], help="KEY[=MIN..MAX]: deployment runs may change KEY")
     p.add_argument("--allow-file", action="append", default=[], help="KEY: runs may point KEY at a project file")
@@ -93,10 +100,9 @@ def main() -> None:
     args = p.parse_args()
     from prefect import serve
 
-    from flows.server import is_local_api, watch
+    from flows.service.server import is_local_api, watch
 
-    made = deployments(args.recipe, args.cai_recipe, args.rlhf_recipe, args.iterative_recipe,
-                       parse_allow(args.allow, args.allow_file), args.allow_unsafe_parameters)
+    made = deployments(args.recipe, parse_allow(args.allow, args.allow_file), args.allow_unsafe_parameters)
     # the authority for every run: written before the first deployment exists, digest in the runs' environment
     os.environ[served.DIGEST_ENV] = served.write("serve", [record for _, record in made])
     os.environ[served.BY_ENV] = "serve"

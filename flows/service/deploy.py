@@ -9,15 +9,15 @@ same deployments (`<flow>/<flow>` and `<flow>/rerun-<step>`, the recipe as param
 pool instead; deployments keep their names, so use one of `serve` and `deploy` per server.
 
 What a pool runs cannot be re-pointed through the API:
-- the pool's base job template is **literal**: the command (`python -m flows.pool_run`, this checkout's
+- the pool's base job template is **literal**: the command (`python -m flows.service.pool_run`, this checkout's
   interpreter), the environment (the project's settings and the record digest) and the working
   directory (the checkout); no `{{ placeholders }}`, so a run's or a deployment's `job_variables` change
   nothing (and a run that carries any is refused);
-- `alignment deploy` records every deployment it creates (``flows.served``: the recipe, the allowlist,
-  the entrypoint, pull steps and job variables as created), and `flows.pool_run` checks the deployment
+- `alignment deploy` records every deployment it creates (``flows.service.served``: the recipe, the allowlist,
+  the entrypoint, pull steps and job variables as created), and `flows.service.pool_run` checks the deployment
   against that record before any flow code loads: a PATCHed entrypoint or pull step is refused and never
   runs; the flow is loaded from the recorded entrypoint, never from the API's;
-- `alignment worker` (``flows.worker``) ignores the pool's template altogether (a PATCH of the pool can
+- `alignment worker` (``flows.service.worker``) ignores the pool's template altogether (a PATCH of the pool can
   change what a plain `prefect worker` runs, not what ours runs).
 """
 
@@ -25,11 +25,11 @@ import argparse
 import os
 import sys
 
-from alignment.config.loader import recipe_path
-from flows import served
-from flows.policy import rules_for
-from flows.registry import FLOWS, flow_function, load_recipe, steps
-from flows.server import ROOT, ensure_server
+from flows.registry import load_recipe, recipe_path
+from flows.service import served
+from flows.service.policy import rules_for
+from flows.service.serve import recipes_to_serve
+from flows.service.server import ROOT, ensure_server
 
 CARRIED = ("ALIGNMENT_HOME", "PREFECT_LOCAL_STORAGE_PATH", "PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK",
            "HF_HUB_OFFLINE", "HF_HOME", "TORCH_EXTENSIONS_DIR")
@@ -41,7 +41,7 @@ def by(pool: str) -> str:
 
 def command() -> list[str]:
     """What a pool's flow run process is: this checkout's interpreter running the checking entry point."""
-    return [sys.executable, "-m", "flows.pool_run"]
+    return [sys.executable, "-m", "flows.service.pool_run"]
 
 
 def run_environment(pool: str) -> dict[str, str]:
@@ -89,17 +89,16 @@ def deploy(pool: str, recipes: list[str]) -> list[str]:
 
     ensure_pool(pool)  # exists before the deployments name it; its template gets the final digest below
     made = []
-    deployed_flows = {load_recipe(r)[0] for r in recipes}
-    for recipe_name in recipes:
-        flow, recipe = load_recipe(recipe_name)
-        module, fn, _ = FLOWS[flow]
-        entrypoint = f"{module.replace('.', '/')}.py:{fn}"
-        remote = flow_function(flow).from_source(source=str(ROOT), entrypoint=entrypoint)
+    loaded = [(name, *load_recipe(name)) for name in recipes]
+    deployed_flows = {spec.name for _, spec, _ in loaded}
+    for recipe_name, spec, recipe in loaded:
+        flow, entrypoint = spec.name, spec.entrypoint
+        remote = spec.function.from_source(source=str(ROOT), entrypoint=entrypoint)
         pull = remote._storage.to_pull_step()  # noqa: SLF001 - what `deploy` sends as the pull steps
         pull = pull if isinstance(pull, list) else [pull]
         params = {"recipe": recipe.model_dump(mode="json")}
         rules = [r.model_dump(mode="json") for r in rules_for(recipe)]
-        for name, extra in [(flow, {}), *((f"rerun-{s}", {"refresh": [s]}) for s in steps(flow, recipe))]:
+        for name, extra in [(flow, {}), *((f"rerun-{s}", {"refresh": [s]}) for s in spec.steps(recipe))]:
             deployment_id = remote.deploy(name=name, work_pool_name=pool, parameters={**params, **extra}, build=False,
                                           push=False, print_next_steps=False, tags=["alignment", "pool"],
                                           description=f"{flow} on recipe {recipe_path(recipe_name)} (pool {pool})")
@@ -119,10 +118,11 @@ def deploy(pool: str, recipes: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", required=True, help="work pool name (created as a `process` pool if missing)")
-    p.add_argument("--recipe", action="append", help="recipes to deploy (default: sft-to-dpo, constitutional-ai, rlhf, iterative-dpo)")
+    p.add_argument("--recipe", action="append", default=[], help="recipes to deploy (each drives the flow its "
+                   "`flow:` key names; default: every flow's default recipe)")
     args = p.parse_args(argv)
     ensure_server()
-    names = deploy(args.pool, args.recipe or list(FLOWS))
+    names = deploy(args.pool, args.recipe or recipes_to_serve())
     print(f"deployed {len(names)} deployments to pool {args.pool!r}: {', '.join(names[:3])}, ...\n"
           f"start a worker where the GPUs are:  alignment worker --pool {args.pool}")
 

@@ -34,15 +34,19 @@ from urllib.request import urlopen
 
 from alignment import processes
 from alignment.artifacts import alignment_home
-from alignment.config.loader import recipe_path
+from flows.registry import recipe_path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PORT = 4200
 
 
 def apply_defaults() -> dict[str, str]:
     """Set the project's Prefect defaults in os.environ (only where unset) and return them."""
     home = alignment_home()
+    try:  # Prefect makes PREFECT_HOME without its parents, and warns on every import when it cannot
+        (home / "prefect").mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        pass  # an unwritable ALIGNMENT_HOME is reported where the store is first written
     port = os.environ.get("ALIGNMENT_PREFECT_PORT", str(DEFAULT_PORT))
     defaults = {
         "ALIGNMENT_HOME": str(home),
@@ -243,6 +247,16 @@ def _spawn(name: str, cmd: list[str], extra: str = "", env: dict[str, str] | Non
     return proc.pid
 
 
+def _log_tail(name: str, lines: int = 12) -> str:
+    """Where the log is, and its last lines (what a user reads first when a process exited)."""
+    path = _run_dir() / f"{name}.log"
+    try:
+        tail = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()][-lines:]
+    except OSError:
+        tail = []
+    return f"see {path}" + (":\n  " + "\n  ".join(tail) if tail else "")
+
+
 def ensure_server(timeout: float = 90.0) -> str:
     """Start `prefect server start` on loopback, locked (see the module), unless ours already answers;
     then `connect` to it."""
@@ -287,7 +301,7 @@ def _start_or_join(timeout: float) -> str:
             _mark_orphaned_runs()
             return api_url()
         if _pid("server") is None:
-            raise RuntimeError(f"the Prefect server exited while starting; see {_run_dir() / 'server.log'}")
+            raise RuntimeError(f"the Prefect server exited while starting; {_log_tail('server')}")
         time.sleep(0.5)
     why = not_our_server()
     if why and "does not answer yet" not in why:
@@ -422,21 +436,23 @@ def _fingerprint(recipes: list[str], policy: list[str]) -> str:
     h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
     h.update("\0".join(policy).encode())
     h.update(credential().encode())
-    for p in sorted((ROOT / "flows").glob("*.py")):
+    h.update(os.environ.get("ALIGNMENT_FLOWS", "").encode())  # which flows the registry finds
+    for p in sorted((ROOT / "flows").rglob("*.py")):
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
-def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional-ai", rlhf_recipe: str = "rlhf",
-                   iterative_recipe: str = "iterative-dpo", allow: list[str] = (), allow_files: list[str] = (),
-                   unsafe: bool = False, timeout: float = 120.0) -> None:
-    """Run `python -m flows.serve` in the background; restart it if a recipe, the flow code or the
-    parameter policy (`allow`: KEY[=MIN..MAX], `allow_files`: KEY, `unsafe`) changed."""
-    from flows.serve import deployments, parse_allow
+def ensure_serving(recipes: list[str] = (), allow: list[str] = (), allow_files: list[str] = (),
+                   unsafe: bool = False, timeout: float = 120.0) -> list[str]:
+    """Run `python -m flows.service.serve` in the background, one recipe per flow (`recipes`, then each
+    other flow's default: ``serve.recipes_to_serve``); restart it if a recipe, the flow code or the
+    parameter policy (`allow`: KEY[=MIN..MAX], `allow_files`: KEY, `unsafe`) changed. Returns the recipes
+    served."""
+    from flows.service.serve import deployments, parse_allow, recipes_to_serve
 
-    recipes = [recipe, cai_recipe, rlhf_recipe, iterative_recipe]
+    recipes = recipes_to_serve(list(recipes))
     # every recipe and allowlist checks out before anything starts (errors name the rule and the fix)
-    names = [f"{d.flow_name}/{d.name}" for d, _ in deployments(*recipes, parse_allow(list(allow), list(allow_files)), unsafe)]
+    names = [f"{d.flow_name}/{d.name}" for d, _ in deployments(recipes, parse_allow(list(allow), list(allow_files)), unsafe)]
     ensure_server()
     policy = [*(f"--allow={a}" for a in allow), *(f"--allow-file={a}" for a in allow_files)]
     policy += ["--allow-unsafe-parameters"] if unsafe else []
@@ -444,7 +460,7 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
     pid = _pid("serve")
     if pid is not None:
         if processes.record("serve")[1] == [fp]:
-            return
+            return recipes
         active = _active_runs()
         if active:
             raise RuntimeError(f"the serve process has {active} run(s) in progress and the recipes, flow code or "
@@ -452,13 +468,13 @@ def ensure_serving(recipe: str = "sft-to-dpo", cai_recipe: str = "constitutional
                                "stop`), then serve")
         stop("serve")
     started = time.time()
-    _spawn("serve", [sys.executable, "-m", "flows.serve", "--recipe", recipe, "--cai-recipe", cai_recipe,
-                     "--rlhf-recipe", rlhf_recipe, "--iterative-recipe", iterative_recipe, *policy], extra=fp)
+    _spawn("serve", [sys.executable, "-m", "flows.service.serve", *(f"--recipe={r}" for r in recipes), *policy],
+           extra=fp)
     while time.time() < started + timeout:
         if _pid("serve") is None:
-            raise RuntimeError(f"the serve process exited; see {_run_dir() / 'serve.log'}")
+            raise RuntimeError(f"the serve process exited; {_log_tail('serve')}")
         if _deployments_updated_since(started, names):
-            return
+            return recipes
         time.sleep(1.0)
     raise RuntimeError(f"deployments were not registered within {timeout:.0f} s; see {_run_dir() / 'serve.log'}")
 

@@ -4,9 +4,9 @@ from this machine, not from the API.
 A plain `prefect worker` builds each run's command, environment and working directory from the pool's
 base job template and the job variables of the deployment and the run, all of which a holder of the API
 credential can PATCH (`ALIGNMENT_HOME=/`, `PYTHONPATH`, the command itself). This worker throws that
-configuration away and runs every flow run as ``flows.deploy.command()`` in this checkout, with its own
-environment plus the literal settings of ``flows.deploy.run_environment``; a run that carries
-job variables is refused before anything starts. ``flows.pool_run`` then checks the deployment against
+configuration away and runs every flow run as ``flows.service.deploy.command()`` in this checkout, with its own
+environment plus the literal settings of ``flows.service.deploy.run_environment``; a run that carries
+job variables is refused before anything starts. ``flows.service.pool_run`` then checks the deployment against
 what `alignment deploy` recorded. While the API is our local server, the worker stops when that
 server's process is gone (its polls would otherwise carry the credential to whoever takes the port).
 """
@@ -18,7 +18,7 @@ from prefect.states import Failed
 from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker, ProcessWorkerResult
 
-from flows import deploy, server
+from flows.service import deploy, server
 
 
 class AlignmentWorker(ProcessWorker):
@@ -47,7 +47,7 @@ class AlignmentWorker(ProcessWorker):
 
 def main(pool: str, limit: int | None = None) -> None:
     server.ensure_server()
-    from flows import served
+    from flows.service import served
 
     if not served.folder(deploy.by(pool)).is_dir():
         raise ValueError(f"--pool {pool}: nothing was deployed to it from this machine (no records in "

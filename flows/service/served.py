@@ -3,7 +3,7 @@
 `alignment serve` (the serve process, as it loads its recipes) and `alignment deploy` (as it creates
 pool deployments) write one record per deployment under ``$ALIGNMENT_HOME/run/served/<by>/<flow>/
 <deployment>.json`` (mode 0600; ``<by>`` is ``serve`` or ``pool-<name>``): the parameters it was served
-with (the whole recipe, `refresh`), the allowlist of keys runs may change (``flows.policy``), the
+with (the whole recipe, `refresh`), the allowlist of keys runs may change (``flows.service.policy``), the
 allow-unsafe switch, and for pool deployments the entrypoint, pull steps and job variables the worker
 must find unchanged. The process that runs the flows (the serve process, `alignment worker`) puts
 ``ALIGNMENT_SERVED_BY`` and a digest of those records in its runs' environment; a run checks the
