@@ -60,9 +60,15 @@ class FlowSpec:
 
     @property
     def entrypoint(self) -> str:
-        """``path/to/module.py:function``, relative to the checkout (what a pool deployment loads)."""
+        """``path/to/module.py:function`` (what a pool deployment loads): relative to the checkout for the
+        project's flows, the module's absolute path for a flow that lives elsewhere (a plugin, a user's module)."""
+        import inspect
+        from pathlib import Path
+
         fn = self.function.fn if hasattr(self.function, "fn") else self.function
-        return f"{self.module.replace('.', '/')}.py:{fn.__name__}"
+        path = Path(inspect.getsourcefile(inspect.unwrap(fn))).resolve()
+        root = Path(__file__).resolve().parent.parent
+        return f"{path.relative_to(root) if path.is_relative_to(root) else path}:{fn.__name__}"
 
     def labels(self, recipe: Any) -> tuple[str, ...]:
         return (self.gate_labels or self.steps)(recipe)

@@ -34,6 +34,7 @@ from urllib.request import urlopen
 
 from alignment import processes
 from alignment.artifacts import alignment_home
+from flows import registry
 from flows.registry import recipe_path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -437,7 +438,8 @@ def _fingerprint(recipes: list[str], policy: list[str]) -> str:
     h.update("\0".join(policy).encode())
     h.update(credential().encode())
     h.update(os.environ.get("ALIGNMENT_FLOWS", "").encode())  # which flows the registry finds
-    for p in sorted((ROOT / "flows").rglob("*.py")):
+    code = set((ROOT / "flows").rglob("*.py")) | {Path(sys.modules[s.module].__file__) for s in registry.flows().values()}
+    for p in sorted(code):  # the project's flow code and every flow module found elsewhere (plugins, yours)
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
