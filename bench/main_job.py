@@ -17,7 +17,7 @@ import json
 import platform
 import time
 
-from flows.service import server
+from flows.service import serve, server
 
 
 def machine() -> str:
@@ -74,7 +74,7 @@ def main() -> None:
     p.add_argument("--no-refresh", action="store_true", help="do not force the stages (measure as cached)")
     args = p.parse_args()
     server.apply_defaults()
-    server.ensure_serving([args.recipe])
+    serve.ensure_serving([args.recipe])
     from flows.sft_to_dpo import STEPS
 
     refresh = [] if args.no_refresh else list(STEPS)  # every step recomputed

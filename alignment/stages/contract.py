@@ -11,8 +11,9 @@ Each module in ``alignment/stages/`` declares ``SPEC = StageSpec(...)``:
   (``SPEC.output(result, "responses")``), never by a path written in two places.
 - ``curves``, ``progress``: the metrics plotted as training curves and shown in progress lines.
 - ``headline``: metrics every result carries (``None`` where not computed, e.g. without held-out
-  pairs). Results cards and reports read them; a stage that does not produce one fails at commit, so a
-  renamed metric fails the tests instead of leaving a silent gap.
+  pairs: start from ``SPEC.not_computed()`` and fill in what was computed). Results cards and reports
+  read them; a stage that does not produce one fails at commit, so a renamed metric fails the tests
+  instead of leaving a silent gap.
 
 Every ``run()`` reads top to bottom::
 
@@ -208,6 +209,10 @@ class StageSpec:
     headline: tuple[str, ...] = ()
     progress: tuple[str, ...] = ()
     unhashed: dict[str, str] = field(default_factory=dict)  # dotted config path → why it cannot change the output
+
+    def not_computed(self) -> dict[str, None]:
+        """Every headline metric, None until computed (a result carries all of them: see ``headline``)."""
+        return dict.fromkeys(self.headline)
 
     def templates_for(self, config: StageConfig) -> tuple[str, ...]:
         return self.templates(config) if callable(self.templates) else self.templates

@@ -16,6 +16,7 @@ calibrate artifact's id and the judging settings, so a new judge setting reruns 
 Output: ``report.md``, ``comparison.jsonl`` (one row per prompt), metrics in the manifest.
 """
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from alignment.config import EvaluateStageConfig
 from alignment.data import prompt_texts
 from alignment.generation import load_engine
 from alignment.judges import MultipleChoiceJudge, PairwiseJudge, win_rate
-from alignment.stages import respond
+from alignment.stages import evaluate_report, respond
 from alignment.stages.contract import RunContext, StageSpec, cli
 from alignment.stats import bootstrap_ci, is_refusal
 
@@ -172,12 +173,43 @@ def lengths(inputs: EvaluateInputs) -> dict[str, float]:
     return out
 
 
-def evaluate(out: Path, config: EvaluateStageConfig, inputs: EvaluateInputs, context: RunContext) -> dict[str, Any]:
-    from alignment.stages.evaluate_report import not_computed, write_report
+def comparison_rows(inputs: EvaluateInputs, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per prompt of every set: both answers, the judge's verdict, rewards, refusal flags."""
+    verdicts = iter(m.get("verdicts", []))
+    rewards = m.get("rewards", {})
+    out = []
+    for name in inputs.answers["policy"]:
+        for i, q in enumerate(inputs.questions(name)):
+            row: dict[str, Any] = {"set": name, "prompt": q, "policy": inputs.texts("policy", name)[i],
+                                   "reference": inputs.texts("reference", name)[i]}
+            if name == "heldout":
+                if m["judged"]:
+                    row["p_policy_better"] = round(next(verdicts), 4)
+                for side in ("policy", "reference"):
+                    if side in rewards:
+                        row[f"reward_{side}"] = rewards[side][i]
+            for side in ("policy", "reference"):
+                for how in ("keyword", "judged"):
+                    flags = m.get(f"{how}_refusal_flags", {}).get(f"{side}_{name}")
+                    if flags:
+                        row.setdefault(f"{side}_refused", {})[how] = flags[i]
+            out.append(row)
+    return out
 
+
+def write_outputs(out: Path, config: EvaluateStageConfig, inputs: EvaluateInputs, m: dict[str, Any]) -> None:
+    """``comparison.jsonl`` and ``report.md``, under the names the SPEC declares."""
+    rows = comparison_rows(inputs, m)
+    with open(out / SPEC.outputs["comparison"], "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    (out / SPEC.outputs["report"]).write_text(evaluate_report.report(config, m, rows), encoding="utf-8")
+
+
+def evaluate(out: Path, config: EvaluateStageConfig, inputs: EvaluateInputs, context: RunContext) -> dict[str, Any]:
     keyword = {(side, name): [is_refusal(t) for t in inputs.texts(side, name)]
                for name in REFUSAL_SETS if name in inputs.answers["policy"] for side in SIDES}
-    metrics: dict[str, Any] = {**not_computed(SPEC.headline), **lengths(inputs),
+    metrics: dict[str, Any] = {**SPEC.not_computed(), **lengths(inputs),
                                **refusal_rates(inputs, keyword, "keyword", config.bootstrap)}
     metrics["keyword_refusal_flags"] = {f"{s}_{n}": f for (s, n), f in keyword.items()}
     if inputs.calibration is not None:
@@ -195,7 +227,7 @@ def evaluate(out: Path, config: EvaluateStageConfig, inputs: EvaluateInputs, con
         metrics.update(reward_scores(config, inputs))
     if config.kl is not None:
         metrics.update(kl_estimate(config, inputs))
-    write_report(out, config, inputs, metrics)
+    write_outputs(out, config, inputs, metrics)
     if context.progress:
         context.progress(1.0, {})
     # per-item details stay in comparison.jsonl; the manifest keeps the numbers

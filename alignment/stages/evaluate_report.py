@@ -1,26 +1,25 @@
-"""The evaluate stage's readable outputs: ``report.md`` and ``comparison.jsonl`` (one row per prompt)."""
+"""The evaluate stage's ``report.md`` as text: pure renderers of its config, its metrics and its
+comparison rows (``alignment.stages.evaluate`` computes them and writes the files)."""
 
-import json
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from alignment.config import EvaluateStageConfig
+
 TABLE_ROWS = 16  # held-out prompts shown side by side in the report
+Metrics = Mapping[str, Any]
+Row = Mapping[str, Any]  # one comparison.jsonl row: set, prompt, policy, reference, rewards, refusal flags
 
 
-def not_computed(keys: tuple[str, ...]) -> dict[str, None]:
-    """Every headline metric, None until computed (the stage contract: a result carries all of them)."""
-    return dict.fromkeys(keys)
-
-
-def _pct(m: dict, key: str) -> str:
+def _pct(m: Metrics, key: str) -> str:
     return f"{100 * m[f'{key}_rate']:.0f}% [{100 * m[f'{key}_ci_low']:.0f}, {100 * m[f'{key}_ci_high']:.0f}]"
 
 
-def _ci(m: dict, key: str, fmt: str = "+.3f") -> str:
+def _ci(m: Metrics, key: str, fmt: str = "+.3f") -> str:
     return f"{m[f'{key}_mean']:{fmt}} [{m[f'{key}_ci_low']:{fmt}}, {m[f'{key}_ci_high']:{fmt}}]"
 
 
-def judge_note(m: dict[str, Any]) -> str:
+def judge_note(m: Metrics) -> str:
     if "judge_calibration_accuracy" not in m:
         return "No calibration set: the judge's own accuracy is unknown, treat judged numbers with care."
     acc = (f"{m['judge_calibration_accuracy']:.2f} [{m['judge_calibration_accuracy_ci_low']:.2f}, "
@@ -33,7 +32,7 @@ def judge_note(m: dict[str, Any]) -> str:
             "anyway; the keyword columns do not depend on the judge.")
 
 
-def report_markdown(config, m: dict[str, Any]) -> str:
+def report_markdown(config: EvaluateStageConfig, m: Metrics) -> str:
     flag = "" if m.get("judge_calibration_meaningful", True) else " ⚠ judge at chance"
     judge = f"`{config.judge.model.name}`" if config.judge is not None else "none"
     lines = ["# evaluate: policy vs reference", "", f"- policy answers: `{config.policy.path}`",
@@ -68,7 +67,7 @@ def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")[:200]
 
 
-def heldout_table(rows: list[dict[str, Any]]) -> list[str]:
+def heldout_table(rows: Sequence[Row]) -> list[str]:
     rewards = "reward_policy" in rows[0]
     head = "| prompt | reference | policy |" + (" reward ref. | reward policy |" if rewards else "")
     lines = ["", f"Held-out prompts (first {min(TABLE_ROWS, len(rows))} of {len(rows)}):", "", head,
@@ -79,35 +78,6 @@ def heldout_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def comparison_rows(inputs, m: dict[str, Any]) -> list[dict[str, Any]]:
-    verdicts = iter(m.get("verdicts", []))
-    rewards = m.get("rewards", {})
-    out = []
-    for name in inputs.answers["policy"]:
-        for i, q in enumerate(inputs.questions(name)):
-            row: dict[str, Any] = {"set": name, "prompt": q, "policy": inputs.texts("policy", name)[i],
-                                   "reference": inputs.texts("reference", name)[i]}
-            if name == "heldout":
-                if m["judged"]:
-                    row["p_policy_better"] = round(next(verdicts), 4)
-                for side in ("policy", "reference"):
-                    if side in rewards:
-                        row[f"reward_{side}"] = rewards[side][i]
-            for side in ("policy", "reference"):
-                for how in ("keyword", "judged"):
-                    flags = m.get(f"{how}_refusal_flags", {}).get(f"{side}_{name}")
-                    if flags:
-                        row.setdefault(f"{side}_refused", {})[how] = flags[i]
-            out.append(row)
-    return out
-
-
-def write_report(out: Path, config, inputs, m: dict[str, Any]) -> None:
-    from alignment.stages.evaluate import SPEC
-
-    rows = comparison_rows(inputs, m)
-    with open(out / SPEC.outputs["comparison"], "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    text = report_markdown(config, m) + "\n" + "\n".join(heldout_table([r for r in rows if r["set"] == "heldout"]))
-    (out / SPEC.outputs["report"]).write_text(text + "\n", encoding="utf-8")
+def report(config: EvaluateStageConfig, m: Metrics, rows: Sequence[Row]) -> str:
+    """``report.md``: the measures table, then the held-out prompts side by side."""
+    return report_markdown(config, m) + "\n" + "\n".join(heldout_table([r for r in rows if r["set"] == "heldout"])) + "\n"

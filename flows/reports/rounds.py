@@ -1,15 +1,30 @@
-"""The rounds of iterative DPO as the UI shows them (``flows.rounds.Outcome``): a chart of held-out reward,
-KL and length per round, the round-over-round table and why the loop stopped."""
+"""The rounds of iterative DPO as the UI shows them (a ``flows.rounds.Outcome``): a chart of held-out
+reward, KL and length per round, the round-over-round table and why the loop stopped. Renderers of what
+a loop produced; they read it through ``Outcome`` below, never import the loop."""
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from flows.reports.run import png_data_uri
 
-if TYPE_CHECKING:
-    from flows.rounds import Outcome
+
+class Round(Protocol):
+    evaluation: dict[str, Any]  # the round's evaluate result ({"metrics": ...})
 
 
-def chart_png(outcome: "Outcome", rows: list[dict[str, Any]]) -> str | None:
+class Outcome(Protocol):
+    """What the report reads of ``flows.rounds.Outcome``."""
+
+    rounds: Sequence[Round]
+    score_name: str | None
+    start: float | None
+    best: int
+    stopped: str
+
+    def table(self) -> list[dict[str, Any]]: ...
+
+
+def chart_png(outcome: Outcome, rows: list[dict[str, Any]]) -> str | None:
     """Held-out reward (with its 95% interval), KL to the start model and length per round (`rows`:
     `outcome.table()`)."""
     if not rows:
@@ -43,7 +58,7 @@ def chart_png(outcome: "Outcome", rows: list[dict[str, Any]]) -> str | None:
     return png_data_uri(fig)
 
 
-def markdown(flow: str, outcome: "Outcome", rows: list[dict[str, Any]]) -> str:
+def markdown(flow: str, outcome: Outcome, rows: list[dict[str, Any]]) -> str:
     """The round-over-round report: the chart, the table (`rows`: `outcome.table()`) and why the loop stopped."""
     start = "n/a" if outcome.start is None else f"{outcome.start:.4g}"
     lines = [f"# {flow}: round over round", "", f"**{outcome.stopped}.** Held-out score: "
@@ -69,7 +84,7 @@ def _cell(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def publish(flow: str, outcome: "Outcome") -> None:
+def publish(flow: str, outcome: Outcome) -> None:
     """The rounds' report and table, as UI artifacts of the run."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 

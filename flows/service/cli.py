@@ -32,7 +32,7 @@ from alignment.config.loader import RecipeError, load_yaml_model
 from alignment.constitution import ConstitutionError
 from flows import registry
 from flows.registry import load_recipe, recipe_path
-from flows.service import server
+from flows.service import serve, server
 
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_serve(a) -> None:
-    recipes = server.ensure_serving(a.recipe, allow=a.allow, allow_files=a.allow_file,
+    recipes = serve.ensure_serving(a.recipe, allow=a.allow, allow_files=a.allow_file,
                                     unsafe=a.allow_unsafe_parameters)
     st = server.status()
     served = ", ".join(f"{registry.flow_of(recipe_path(r))} (recipe {r!r})" for r in recipes)

@@ -19,7 +19,6 @@ names the port and the fix; nothing secret was sent to it.
 """
 
 import base64
-import hashlib
 import os
 import secrets
 import socket
@@ -34,8 +33,6 @@ from urllib.request import urlopen
 
 from alignment import processes
 from alignment.artifacts import alignment_home
-from flows import registry
-from flows.registry import recipe_path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_PORT = 4200
@@ -431,72 +428,6 @@ def reachable(timeout: float = 10.0) -> Exception | None:
     return None
 
 
-def _fingerprint(recipes: list[str], policy: list[str]) -> str:
-    """Recipes, flow code, the parameter policy and the server's credential: a change of any means the
-    serve process must restart (its runs are checked against what it loaded)."""
-    h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
-    h.update("\0".join(policy).encode())
-    h.update(credential().encode())
-    h.update(os.environ.get("ALIGNMENT_FLOWS", "").encode())  # which flows the registry finds
-    code = set((ROOT / "flows").rglob("*.py")) | {Path(sys.modules[s.module].__file__) for s in registry.flows().values()}
-    for p in sorted(code):  # the project's flow code and every flow module found elsewhere (plugins, yours)
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def ensure_serving(recipes: list[str] = (), allow: list[str] = (), allow_files: list[str] = (),
-                   unsafe: bool = False, timeout: float = 120.0) -> list[str]:
-    """Run `python -m flows.service.serve` in the background, one recipe per flow (`recipes`, then each
-    other flow's default: ``serve.recipes_to_serve``); restart it if a recipe, the flow code or the
-    parameter policy (`allow`: KEY[=MIN..MAX], `allow_files`: KEY, `unsafe`) changed. Returns the recipes
-    served."""
-    from flows.service.serve import deployments, parse_allow, recipes_to_serve
-
-    recipes = recipes_to_serve(list(recipes))
-    # every recipe and allowlist checks out before anything starts (errors name the rule and the fix)
-    names = [f"{d.flow_name}/{d.name}" for d, _ in deployments(recipes, parse_allow(list(allow), list(allow_files)), unsafe)]
-    ensure_server()
-    policy = [*(f"--allow={a}" for a in allow), *(f"--allow-file={a}" for a in allow_files)]
-    policy += ["--allow-unsafe-parameters"] if unsafe else []
-    fp = _fingerprint(recipes, policy)
-    pid = _pid("serve")
-    if pid is not None:
-        if processes.record("serve")[1] == [fp]:
-            return recipes
-        active = _active_runs()
-        if active:
-            raise RuntimeError(f"the serve process has {active} run(s) in progress and the recipes, flow code or "
-                               "parameter policy changed; wait for them (`alignment wait`) or stop it (`alignment "
-                               "stop`), then serve")
-        stop("serve")
-    started = time.time()
-    _spawn("serve", [sys.executable, "-m", "flows.service.serve", *(f"--recipe={r}" for r in recipes), *policy],
-           extra=fp)
-    while time.time() < started + timeout:
-        if _pid("serve") is None:
-            raise RuntimeError(f"the serve process exited; {_log_tail('serve')}")
-        if _deployments_updated_since(started, names):
-            return recipes
-        time.sleep(1.0)
-    raise RuntimeError(f"deployments were not registered within {timeout:.0f} s; see {_run_dir() / 'serve.log'}")
-
-
-def _deployments_updated_since(t: float, names: list[str]) -> bool:
-    """Every one of `names` is registered (updated) since `t`: the serve process registers them one by
-    one, and a `prefect deployment run` of one not yet there fails."""
-    from prefect.client.orchestration import get_client
-
-    try:
-        with get_client(sync_client=True) as c:
-            for name in names:
-                d = c.read_deployment_by_name(name)
-                if d.updated is None or d.updated.timestamp() < t - 1:
-                    return False
-    except Exception:
-        return False
-    return True
-
-
 def stop(name: str) -> bool:
     return processes.stop(name, grace=40.0 if name.startswith("vllm-") else 10.0)
 
@@ -505,20 +436,6 @@ def stop_all() -> dict[str, bool]:
     """`alignment stop`: the serve process first (its runs end), managed vLLM servers, then the server."""
     order = ["serve", *[n for n in processes.names() if n not in ("serve", "server")], "server"]
     return {name: stop(name) for name in order}
-
-
-def _active_runs() -> int:
-    """Flow runs of our flows that are running or about to (so the serve process must not restart)."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
-    from prefect.client.schemas.objects import StateType
-
-    try:
-        with get_client(sync_client=True) as c:
-            return len(c.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])))))
-    except Exception:  # noqa: BLE001 - no server to ask: nothing is running
-        return 0
 
 
 def status() -> dict[str, object]:
