@@ -157,3 +157,28 @@ def test_a_symlinked_artifact_directory_is_moved_aside_without_touching_its_targ
     moved = store.set_aside("sft", "f" * 20, "test")
     assert moved.is_symlink() and not os.path.lexists(link)
     assert stat.S_IMODE(target.stat().st_mode) == 0o500, "no chmod through the link"
+
+
+def test_a_job_owns_its_keys_lock_until_its_block_ends_however_it_ends(store):
+    """`with SPEC.start(...) as job`: the key's lock is taken by `done()` and released when the block ends,
+    also when the compute step raises, so a later run of the key is not left waiting."""
+    import fcntl
+
+
+    lock_file = store.root / ".locks"
+
+    def held(key: str) -> bool:
+        with open(lock_file / f"sft-{key}.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+
+    with pytest.raises(RuntimeError, match="the compute step broke"):
+        with sft.SPEC.start(config()) as job:
+            assert job.done() is False, "an empty store: nothing stored, one process"
+            assert held(job.key), "done() took the key's lock"
+            raise RuntimeError("the compute step broke")
+    assert not held(job.key), "released when the block raised"

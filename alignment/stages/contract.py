@@ -15,17 +15,16 @@ Each module in ``alignment/stages/`` declares ``SPEC = StageSpec(...)``:
   read them; a stage that does not produce one fails at commit, so a renamed metric fails the tests
   instead of leaving a silent gap.
 
-Every ``run()`` reads top to bottom::
+Every ``run()`` has one shape, top to bottom::
 
-    job = SPEC.start(config, context)          # `auto` settings resolved, key computed
-    inputs = validate(job.config)              # typed inputs; bad input raises before anything loads
-    if (stored := job.stored()) is not None:   # the store already holds this key (waits for the key's
-        return stored                          # lock while another run computes it)
-    if job.launched():                         # training stages: several processes → `accelerate launch`
-        return job.run_launched()              # of this same stage; rank 0 commits, this process waits
-    with job.writing() as out:                 # the store's temp dir, renamed into place on success
-        job.commit(out, compute(out, job.config, inputs, job.context))
-    return job.result
+    with SPEC.start(config, context) as job:   # `auto` settings resolved, key computed; the job owns the
+        inputs = validate(job.config)          # key's lock until the block ends. Typed inputs: bad input
+        if job.done():                         # raises before anything loads. done: the store holds the
+            return job.result                  # key (after waiting for its lock while another run makes
+        with job.writing() as out:             # it), or, for a training stage in several processes, an
+            job.commit(out, compute(out, job.config, inputs, job.context))  # `accelerate launch` of this
+        return job.result                      # stage made it (rank 0 commits). `writing`: the store's
+                                               # temp dir, renamed into place once `commit` has run
 
 Training stages checkpoint into ``job.checkpoints`` (``$ALIGNMENT_HOME/checkpoints/<stage>/<key>/``);
 running the same key again resumes there, and the directory goes only once the artifact is committed.
@@ -298,6 +297,24 @@ class Job:
     def checkpoints(self) -> Path:
         """Where a training stage checkpoints (and resumes from) for this key."""
         return alignment_home() / "checkpoints" / self.spec.name / self.key
+
+    def __enter__(self) -> "Job":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()  # the key's lock goes with the block, however it ends
+
+    def done(self) -> bool:
+        """True when there is nothing left to compute here, with ``result`` set: the store holds this key
+        (``stored``: after taking the key's lock), or the stage trains in several processes and this
+        process launched them (``run_launched``)."""
+        if (stored := self.stored()) is not None:
+            self.result = stored
+            return True
+        if self.launched():
+            self.run_launched()
+            return True
+        return False
 
     def stored(self) -> StageResult | None:
         """The finished artifact of this key, if the store has it. Takes the key's lock first (a rank of a

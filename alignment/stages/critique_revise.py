@@ -166,13 +166,13 @@ def summarise(out: Path, config, constitution: Constitution, prompts, initial, f
 
 
 def run(config: CritiqueReviseStageConfig, context: RunContext | None = None) -> StageResult:
-    job = SPEC.start(config, context)
-    inputs = validate(job.config)
-    if (stored := job.stored()) is not None:
-        return stored
-    with job.writing() as out:
-        job.commit(out, revise(out, job.config, inputs, job.context))
-    return job.result
+    with SPEC.start(config, context) as job:  # holds the key's lock until the end
+        inputs = validate(job.config)
+        if job.done():  # stored already, or made by an `accelerate launch` of this stage
+            return job.result
+        with job.writing() as out:
+            job.commit(out, revise(out, job.config, inputs, job.context))
+        return job.result
 
 
 if __name__ == "__main__":

@@ -29,16 +29,14 @@ def group_spec(algorithm: RLAlgorithm, config: type) -> StageSpec:
 
 
 def run_group(spec: StageSpec, algorithm: RLAlgorithm, config, context: RunContext | None) -> StageResult:
-    job = spec.start(config, context)
-    inputs = validate_rl(job.config)
-    if (stored := job.stored()) is not None:
-        return stored
-    if job.launched():
-        return job.run_launched()
-    with job.writing() as out:
-        job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm, job.checkpoints,
-                                    training.run_name(job.context.run, spec.name, job.key)))
-    return job.result
+    with spec.start(config, context) as job:  # holds the key's lock until the end
+        inputs = validate_rl(job.config)
+        if job.done():  # stored already, or made by an `accelerate launch` of this stage
+            return job.result
+        with job.writing() as out:
+            job.commit(out, train_group(out, job.config, inputs, job.context.progress, algorithm, job.checkpoints,
+                                        training.run_name(job.context.run, spec.name, job.key)))
+        return job.result
 
 
 SPEC = group_spec(RLAlgorithm.grpo, GRPOStageConfig)

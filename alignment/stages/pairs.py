@@ -92,13 +92,13 @@ def pair(out: Path, config: PairsStageConfig, groups: list[tuple[list, list[str]
 
 
 def run(config: PairsStageConfig, context: RunContext | None = None) -> StageResult:
-    job = SPEC.start(config, context)
-    groups = validate(job.config)
-    if (stored := job.stored()) is not None:
-        return stored
-    with job.writing() as out:
-        job.commit(out, pair(out, job.config, groups, job.context))
-    return job.result
+    with SPEC.start(config, context) as job:  # holds the key's lock until the end
+        groups = validate(job.config)
+        if job.done():  # stored already, or made by an `accelerate launch` of this stage
+            return job.result
+        with job.writing() as out:
+            job.commit(out, pair(out, job.config, groups, job.context))
+        return job.result
 
 
 if __name__ == "__main__":

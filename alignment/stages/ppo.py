@@ -109,15 +109,13 @@ def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunConte
 
 
 def run(config: PPOStageConfig, context: RunContext | None = None) -> StageResult:
-    job = SPEC.start(config, context)
-    inputs = validate_rl(job.config)
-    if (stored := job.stored()) is not None:
-        return stored
-    if job.launched():
-        return job.run_launched()
-    with job.writing() as out:
-        job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
-    return job.result
+    with SPEC.start(config, context) as job:  # holds the key's lock until the end
+        inputs = validate_rl(job.config)
+        if job.done():  # stored already, or made by an `accelerate launch` of this stage
+            return job.result
+        with job.writing() as out:
+            job.commit(out, train(out, job.config, inputs, job.context, job.checkpoints))
+        return job.result
 
 
 if __name__ == "__main__":

@@ -75,13 +75,13 @@ def model_of(artifact: str | Path) -> ModelSpec:
 
 
 def run(config: RespondStageConfig, context: RunContext | None = None) -> StageResult:
-    job = SPEC.start(config, context)
-    inputs = validate(job.config)
-    if (stored := job.stored()) is not None:
-        return stored
-    with job.writing() as out:
-        job.commit(out, answer(out, job.config, inputs, job.context))
-    return job.result
+    with SPEC.start(config, context) as job:  # holds the key's lock until the end
+        inputs = validate(job.config)
+        if job.done():  # stored already, or made by an `accelerate launch` of this stage
+            return job.result
+        with job.writing() as out:
+            job.commit(out, answer(out, job.config, inputs, job.context))
+        return job.result
 
 
 if __name__ == "__main__":
