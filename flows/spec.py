@@ -2,8 +2,8 @@
 
 The registry (``flows.registry``) finds every module of the ``flows`` package (and of the
 ``alignment.flows`` entry point group, and of ``$ALIGNMENT_FLOWS``) that has a ``FLOW``, as
-``alignment.stages`` finds stages by their ``SPEC``; nothing else lists flows. The CLI, serve, deploy,
-the server's defaults and ``alignment validate`` read the registry, and a recipe names the flow it drives
+``alignment.stages`` finds stages by their ``SPEC``; nothing else lists flows. The CLI, serve, deploy and
+``alignment validate`` read the registry, and a recipe names the flow it drives
 (``flow:``). Adding a flow is one module and its recipe.
 """
 

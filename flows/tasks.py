@@ -1,6 +1,6 @@
 """Stages as Prefect tasks, cached on the stage's artifact key.
 
-The cache key is the artifact key (``SPEC.key(config)``: what the stage reads, data hashes, upstream
+The cache key is the artifact key the chain planned once per step (``alignment.stages.plan``: what the stage reads, data hashes, upstream
 artifact ids, template versions, device, code version, refresh salt), so a task is ``Cached`` exactly
 when the store already holds what it would compute. Results are small dicts (paths and metrics),
 persisted as JSON in Prefect's local result storage (``PREFECT_LOCAL_STORAGE_PATH``, which
