@@ -243,8 +243,8 @@ def read_curves(artifact_path: str | Path) -> list[dict[str, Any]]:
 
 # Config fields of a training stage that cannot change its result: its key leaves them out.
 UNHASHED = {
-    "launch": "hashed as what of it changes the result (processes, ZeRO stage, precision): alignment.launch",
-    "train.checkpoint_every": "a resumed run continues where the checkpoint left off (trainer and RNG state)",
-    "train.keep_checkpoints": "how many checkpoints stay on disk",
-    "train.report_to": "trackers only observe the run",
+    "options.launch": "hashed as what of it changes the result (processes, ZeRO stage, precision): alignment.launch",
+    "options.train.checkpoint_every": "a resumed run continues where the checkpoint left off (trainer and RNG state)",
+    "options.train.keep_checkpoints": "how many checkpoints stay on disk",
+    "options.train.report_to": "trackers only observe the run",
 }

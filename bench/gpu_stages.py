@@ -96,7 +96,7 @@ def main() -> None:
     plain = [plain_sft(model_dir, sft_rows, kw)]
     full = {"mode": "full"}  # plain TRL below fine-tunes fully; on a GPU `auto` means the same
     cfg = SFTStageConfig(model=ModelSpec(name=str(model_dir)), data=DataSpec(path="data/sft_train.jsonl"),
-                         train=train, adapter=full)
+                         options=dict(train=train, adapter=full))
     t0 = time.perf_counter()
     ours = sft.run(cfg)
     wall = time.perf_counter() - t0
@@ -112,7 +112,7 @@ def main() -> None:
     plain_dpo(model_dir, pref, {**kw, "max_steps": 10}, 0.1)  # warm-up, not counted
     plain = [plain_dpo(model_dir, pref, kw, 0.1)]
     cfg = DPOStageConfig(model=ModelSpec(name=ours.path), data=DataSpec(path="data/pref_train.jsonl"),
-                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), train=train, adapter=full)
+                         eval_data=DataSpec(path="data/pref_heldout.jsonl"), options=dict(train=train, adapter=full))
     t0 = time.perf_counter()
     ours_dpo = dpo.run(cfg)
     wall = time.perf_counter() - t0
@@ -124,7 +124,8 @@ def main() -> None:
           "heldout_rewards_accuracies": m["heldout_rewards_accuracies"]})
 
     lora = sft.run(SFTStageConfig(model=ModelSpec(name=str(model_dir)), data=DataSpec(path="data/sft_train.jsonl"),
-                                  train=train.model_copy(update={"learning_rate": 2e-4}), adapter={"mode": "lora"}))
+                                  options=dict(train=train.model_copy(update={"learning_rate": 2e-4}),
+                                               adapter={"mode": "lora"})))
     emit({"bench": "gpu_stages.sft_lora", "device": device, "mode": lora.metrics["adapter_mode"],
           "train_s": lora.metrics["train_seconds"], "loss_first": lora.metrics["loss_first"],
           "loss_last": lora.metrics["loss_last"]})

@@ -35,9 +35,10 @@ def main() -> None:
                                           for p in args.profiles]
     base = None
     for label, launch, batch in runs:
-        cfg = SFTStageConfig(model={"name": args.model}, data=DataSpec(path="data/sft_train.jsonl"), launch=launch,
-                             train={"max_steps": args.steps, "batch_size": batch, "max_length": 192, "logging_steps": 1},
-                             refresh_token=uuid.uuid4().hex)
+        cfg = SFTStageConfig(model={"name": args.model}, data=DataSpec(path="data/sft_train.jsonl"),
+                             refresh_token=uuid.uuid4().hex, options=dict(
+                                 launch=launch, train={"max_steps": args.steps, "batch_size": batch, "max_length": 192,
+                                                       "logging_steps": 1}))
         t0 = time.perf_counter()
         result = sft.run(cfg)
         wall = time.perf_counter() - t0

@@ -52,10 +52,10 @@ def main() -> None:
             for r in rows:
                 f.write(json.dumps({**r, "prompt": r["prompt"][-1:]}, ensure_ascii=False) + "\n")
         data = {"path": str(path)}
-    cfg = RewardStageConfig(model={"name": args.model}, data=data, heldout_fraction=args.heldout,
-                            adapter={"mode": args.adapter},
-                            train={"learning_rate": args.lr, "epochs": args.epochs, "batch_size": 8,
-                                   "max_length": args.max_length, "logging_steps": 10})
+    cfg = RewardStageConfig(model={"name": args.model}, data=data, options=dict(
+        heldout_fraction=args.heldout, adapter={"mode": args.adapter},
+        train={"learning_rate": args.lr, "epochs": args.epochs, "batch_size": 8, "max_length": args.max_length,
+               "logging_steps": 10}))
     start = time.time()
     result = reward.run(cfg)
     m = result.metrics

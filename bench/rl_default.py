@@ -58,19 +58,21 @@ def main() -> None:
                    help="PPO: the adaptive controller's horizon in samples (Ziegler et al.; smaller adapts faster)")
     args = p.parse_args()
     common = {"model": {"name": args.model}, "prompts": {"path": "data/redteam_train.jsonl"},
-              "reward": {"model": {"name": args.reward_model}}, "rollout": {"temperature": 1.0, "max_new_tokens": 48}}
+              "reward": {"model": {"name": args.reward_model}}}
+    rollout = {"temperature": 1.0, "max_new_tokens": 48}
     configs = {
         # no missing-EOS penalty here: at 48 new tokens most answers are cut, and the penalty would make
         # "stop early" the main thing learned; the held-out numbers are the reward model's alone either way
-        "ppo": PPOStageConfig(**common, iterations=args.iterations, rollout_batch=16, ppo_epochs=2, kl_coef=0.05,
-                              kl_target=args.kl_target, kl_horizon=args.kl_horizon, missing_eos_penalty=None,
-                              train={"learning_rate": 1e-4, "batch_size": 8}),
-        "grpo": GRPOStageConfig(**common, num_generations=4, beta=0.04,
-                                train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
-                                       "logging_steps": 1}),
-        "rloo": RLOOStageConfig(**common, num_generations=4, beta=0.05,
-                                train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations,
-                                       "logging_steps": 1}),
+        "ppo": PPOStageConfig(**common, options=dict(
+            iterations=args.iterations, rollout_batch=16, ppo_epochs=2, kl_coef=0.05, kl_target=args.kl_target,
+            kl_horizon=args.kl_horizon, missing_eos_penalty=None, rollout=rollout,
+            train={"learning_rate": 1e-4, "batch_size": 8})),
+        "grpo": GRPOStageConfig(**common, options=dict(
+            num_generations=4, beta=0.04, rollout=rollout,
+            train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations, "logging_steps": 1})),
+        "rloo": RLOOStageConfig(**common, options=dict(
+            num_generations=4, beta=0.05, rollout=rollout,
+            train={"learning_rate": 1e-4, "batch_size": 16, "max_steps": args.iterations, "logging_steps": 1})),
     }
     before = answers(args.model)
     for algo in args.algorithms:

@@ -30,7 +30,7 @@ from alignment.artifacts import ArtifactStore
 from alignment.config.loader import validate_model
 from alignment.gates import GateCheck, GateFailed
 from alignment.stages import plan
-from flows.spec import FlowSpec
+from flows.spec import Configs, FlowSpec
 from flows.tasks import planned, stage_task
 
 
@@ -92,10 +92,11 @@ class Chain:
     """Runs a flow's stage tasks in order, keeping each one's result and final state by label. A label
     in `refresh` gets a salted config (new artifact key) and skips the cache lookup."""
 
-    def __init__(self, spec: FlowSpec, refresh: list[str], gates: GateCheck):
+    def __init__(self, spec: FlowSpec, refresh: list[str], gates: GateCheck, configs: Configs):
         from prefect.runtime import flow_run
 
         self.spec, self.flow, self.refresh, self.gates = spec, spec.name, refresh, gates
+        self.configs = configs  # the flow's typed builder of this run's stage configs (FlowSpec.configs)
         self.results: dict[str, dict[str, Any]] = {}
         self.states: dict[str, str] = {}
         hooks().register(flow_run.id)
@@ -104,15 +105,16 @@ class Chain:
     def open(cls, spec: FlowSpec, recipe: Any, refresh: list[str] | None = None,
              overrides: dict[str, Any] | None = None) -> tuple["Chain", Any]:
         """The recipe as this run sees it (overrides applied, parameters judged, every input checked) and
-        its chain; nothing has run yet."""
+        its chain, which holds the run's config builder (``chain.configs``, made once); nothing has run yet."""
         if overrides:
             if "flow" in overrides:
                 raise ValueError(f"overrides: flow = {overrides['flow']!r}: a run cannot change which flow it is")
             recipe = validate_model(recipe.model_dump(mode="json"), spec.recipe, "overrides", overrides=overrides)
         hooks().check_parameters(recipe)  # parameters from an API are untrusted
-        spec.check(recipe)
+        configs = spec.configs(recipe)
+        spec.check(recipe, configs)
         gates = GateCheck(list(recipe.gates))
-        return cls(spec, spec.refresh_labels(recipe, refresh), gates), recipe
+        return cls(spec, spec.refresh_labels(recipe, refresh), gates, configs), recipe
 
     def _check_server(self, label: str) -> None:
         if (err := hooks().reachable()) is not None:

@@ -26,12 +26,17 @@ from alignment.config import (
     ConstitutionalAIRecipe,
     CritiqueReviseStageConfig,
     DataSpec,
+    DPOOptions,
     DPOStageConfig,
     FeedbackStageConfig,
     GenerateStageConfig,
+    ModelSpec,
+    PPOOptions,
     PPOStageConfig,
+    RewardOptions,
     RewardSources,
     RewardStageConfig,
+    SFTOptions,
     SFTStageConfig,
 )
 from alignment.constitution import load_constitution
@@ -41,8 +46,8 @@ from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
 from flows.reports import cai as cai_report
 from flows.reports import rounds as rounds_report
-from flows.spec import FlowSpec
-from flows.tasks import data_of, options
+from flows.spec import Configs, FlowSpec
+from flows.tasks import data_of
 
 NAME = "constitutional-ai"
 STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback",
@@ -69,8 +74,47 @@ def gate_labels(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
             + rounds.round_labels(recipe.iterate.rounds, ROUND_PARTS) + ("respond_rl_cai",))
 
 
-def preflight(recipe: ConstitutionalAIRecipe) -> None:
+class ConstitutionalAIConfigs(Configs):
+    """The stage configs of one constitutional-ai run, from the recipe as the run sees it (made once:
+    Chain.open). Every training stage's data is an upstream artifact (revisions, AI feedback), so
+    ``training()`` has nothing to report before the run."""
+
+    recipe: ConstitutionalAIRecipe
+
+    def __init__(self, recipe: ConstitutionalAIRecipe):
+        super().__init__(recipe)
+        launch = recipe.launch
+        self.critique_options = recipe.critique.model_copy(update={"engine": recipe.engine})  # one engine serves all
+        self.sft_options = SFTOptions.of(recipe.sft, launch)
+        self.dpo_options = DPOOptions.of(recipe.dpo, launch)
+        self.preference_options = RewardOptions.of(recipe.preference_model, launch)
+        self.ppo_options = PPOOptions.of(recipe.ppo, launch)
+
+    def critique_revise(self, initial: DataSpec) -> CritiqueReviseStageConfig:
+        r = self.recipe
+        return CritiqueReviseStageConfig(model=r.model, initial=initial, constitution=r.constitution,
+                                         generation=r.generation, options=self.critique_options)
+
+    def sl_cai(self, revisions: DataSpec) -> SFTStageConfig:
+        return SFTStageConfig(model=self.recipe.model, data=revisions, options=self.sft_options)
+
+    def feedback(self, samples: DataSpec) -> FeedbackStageConfig:
+        return FeedbackStageConfig(samples=samples, constitution=self.recipe.constitution, options=self.recipe.feedback)
+
+    def dpo(self, start: ModelSpec, preferences: DataSpec) -> DPOStageConfig:
+        return DPOStageConfig(model=start, data=preferences, options=self.dpo_options)
+
+    def preference_model(self, start: ModelSpec, preferences: DataSpec) -> RewardStageConfig:
+        return RewardStageConfig(model=start, data=preferences, options=self.preference_options)
+
+    def ppo(self, start: ModelSpec, preference_model: ModelSpec) -> PPOStageConfig:
+        return PPOStageConfig(model=start, prompts=self.recipe.redteam_prompts,
+                              reward=RewardSources(model=preference_model), options=self.ppo_options)
+
+
+def preflight(configs: ConstitutionalAIConfigs) -> None:
     """Everything that can be checked before any model loads: constitution, prompt sets, mix data."""
+    recipe = configs.recipe
     c = load_constitution(recipe.constitution.path)
     if not c.for_revision() or not c.for_feedback():
         raise ValueError(f"{recipe.constitution.path}: needs critique/revision principles and comparison principles")
@@ -90,13 +134,12 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None 
     """Run (or reuse) every step; `refresh` forces steps (``round-<n>``: that round and the later ones,
     with `rl_method: iterative-dpo`); `overrides` sets dotted keys."""
     chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
+    configs: ConstitutionalAIConfigs = chain.configs
     run = chain.run
     helpful_answers = run("respond_helpful", respond_config(recipe, recipe.model))
     initial = run("initial", GenerateStageConfig(model=recipe.model, prompts=recipe.redteam_prompts,
                                                  engine=recipe.engine, generation=recipe.generation))
-    revised = run("critique_revise", CritiqueReviseStageConfig(
-        model=recipe.model, initial=data_of(initial, "generate", "completions"), constitution=recipe.constitution,
-        generation=recipe.generation, **{**dict(recipe.critique), "engine": recipe.engine}))
+    revised = run("critique_revise", configs.critique_revise(data_of(initial, "generate", "completions")))
     if revised["metrics"]["prompts_with_revision"] == 0:
         m = revised["metrics"]
         raise ValueError(f"critique_revise kept no revision ({m['filtered_empty']} empty, {m['filtered_unchanged']} unchanged, "
@@ -104,24 +147,20 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None 
                          f"{m['revisions_total']}): nothing to "
                          "fine-tune on; see the cai-revisions table and try more rounds, a larger "
                          "generation.max_new_tokens or a stronger model")
-    sl = model_from(run("sl_cai", SFTStageConfig(model=recipe.model, data=data_of(revised, "critique_revise", "sft"),
-                                                 **options(recipe.sft, recipe))), recipe.model)
+    sl = model_from(run("sl_cai", configs.sl_cai(data_of(revised, "critique_revise", "sft"))), recipe.model)
     sl_answers = run("respond_sl_cai", respond_config(recipe, sl))
     if recipe.rl_method == "iterative-dpo":
         return _iterated(chain, recipe, revised, sl, sl_answers, helpful_answers)
     samples = run("samples", GenerateStageConfig(model=sl, prompts=recipe.redteam_prompts, engine=recipe.engine,
                                                  num_samples=2, generation=recipe.samples))
-    labels = run("feedback", FeedbackStageConfig(samples=data_of(samples, "generate", "completions"),
-                                                 constitution=recipe.constitution, **dict(recipe.feedback)))
+    labels = run("feedback", configs.feedback(data_of(samples, "generate", "completions")))
     preferences = data_of(labels, "feedback", "preferences")
     preference_model = None
     if recipe.rl_method == "dpo":
-        rl = run("rl_cai", DPOStageConfig(model=sl, data=preferences, **options(recipe.dpo, recipe)))
+        rl = run("rl_cai", configs.dpo(sl, preferences))
     else:  # the paper: a preference model on the soft labels, then PPO against it
-        preference_model = model_from(run("preference_model", RewardStageConfig(
-            model=sl, data=preferences, **options(recipe.preference_model, recipe))), recipe.model)
-        rl = run("rl_cai", PPOStageConfig(model=sl, prompts=recipe.redteam_prompts,
-                                          reward=RewardSources(model=preference_model), **options(recipe.ppo, recipe)))
+        preference_model = model_from(run("preference_model", configs.preference_model(sl, preferences)), recipe.model)
+        rl = run("rl_cai", configs.ppo(sl, preference_model))
     rl_model = model_from(rl, recipe.model)
     rl_answers = run("respond_rl_cai", respond_config(recipe, rl_model))
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
@@ -132,12 +171,13 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None 
 def _iterated(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, sl, sl_answers: dict, helpful_answers: dict):
     """RL-CAI as rounds: samples of the current policy → the constitution's feedback → DPO, each round's
     held-out answers scored against the SL-CAI model's (`flows.rounds`)."""
+    configs: ConstitutionalAIConfigs = chain.configs
+
     def feedback(n: int, samples: DataSpec):
-        return "feedback", FeedbackStageConfig(samples=samples, constitution=recipe.constitution,
-                                               **dict(recipe.feedback))
+        return "feedback", configs.feedback(samples)
 
     reward_model = recipe.evaluate.reward_model if recipe.evaluate is not None else None
-    outcome = rounds.run(chain, recipe, recipe.iterate, recipe.dpo, sl, sl_answers, recipe.redteam_prompts,
+    outcome = rounds.run(chain, recipe, recipe.iterate, configs.dpo_options, sl, sl_answers, recipe.redteam_prompts,
                          feedback, reward_model)
     rl_model = outcome.model(sl)
     rl_answers = chain.run("respond_rl_cai", respond_config(recipe, rl_model),  # the best round's answers (cached)
@@ -163,6 +203,6 @@ def _refresh(recipe: ConstitutionalAIRecipe, refresh: list[str]) -> list[str]:
 
 
 FLOW = FlowSpec(name=NAME, recipe=ConstitutionalAIRecipe, function=constitutional_ai, steps=steps,
-                preflight=preflight, gate_labels=gate_labels, expand_refresh=_refresh,
+                configs=ConstitutionalAIConfigs, preflight=preflight, gate_labels=gate_labels, expand_refresh=_refresh,
                 default_recipe="constitutional-ai",
                 description="critique → revision (SL-CAI), AI feedback (RL-CAI), DPO or PPO, evaluation")

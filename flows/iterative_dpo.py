@@ -19,12 +19,17 @@ from typing import Any
 from prefect import flow
 
 from alignment.config import (
+    DataSpec,
+    DPOOptions,
     IterativeDPORecipe,
     ModelSpec,
     PairsStageConfig,
+    RewardOptions,
     RewardSources,
     RewardStageConfig,
+    SFTOptions,
     SFTStageConfig,
+    StageConfig,
 )
 from alignment.data import load_data
 from alignment.stages import reward, sft
@@ -32,8 +37,7 @@ from flows import evaluation, rounds
 from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
 from flows.reports import rounds as rounds_report
-from flows.spec import FlowSpec
-from flows.tasks import options
+from flows.spec import Configs, FlowSpec
 
 NAME = "iterative-dpo"
 PARTS = ("generate", "pairs", "dpo", "respond", "evaluate")
@@ -52,24 +56,47 @@ def gate_labels(recipe: IterativeDPORecipe) -> tuple[str, ...]:
     return fixed + rounds.round_labels(recipe.iterate.rounds, PARTS) + ("evaluate",)
 
 
-def training_configs(recipe: IterativeDPORecipe, start: ModelSpec | None = None) -> dict[str, Any]:
-    """SFT and reward configs; the reward model starts from `start` (the SFT model; the base model before
-    it exists: preflight and `alignment validate`)."""
-    out: dict[str, Any] = {}
-    if recipe.sft is not None:
-        out["sft"] = SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe))
-    if recipe.reward is not None:
-        out["reward"] = RewardStageConfig(model=start or recipe.model, **options(recipe.reward, recipe))
-    return out
+class IterativeDPOConfigs(Configs):
+    """The stage configs of one iterative-dpo run, from the recipe as the run sees it (made once:
+    Chain.open); every round's DPO takes `dpo_options`."""
+
+    recipe: IterativeDPORecipe
+
+    def __init__(self, recipe: IterativeDPORecipe):
+        super().__init__(recipe)
+        self.sft_options = SFTOptions.of(recipe.sft, recipe.launch) if recipe.sft is not None else None
+        self.reward_options = RewardOptions.of(recipe.reward, recipe.launch) if recipe.reward is not None else None
+        self.dpo_options = DPOOptions.of(recipe.dpo, recipe.launch)
+
+    def sft(self) -> SFTStageConfig:
+        if self.recipe.sft is None or self.sft_options is None:
+            raise ValueError("iterative-dpo: this recipe has no `sft` section (the rounds start from `model`)")
+        return SFTStageConfig(model=self.recipe.model, data=self.recipe.sft.data, options=self.sft_options)
+
+    def reward(self, start: ModelSpec | None = None) -> RewardStageConfig:
+        """The reward model from `start` (the SFT model; the base model before it exists: preflight)."""
+        if self.recipe.reward is None or self.reward_options is None:
+            raise ValueError("iterative-dpo: this recipe has no `reward` section (it labels with reward_model or reward_mix)")
+        section = self.recipe.reward
+        return RewardStageConfig(model=start or self.recipe.model, data=section.data, eval_data=section.eval_data,
+                                 options=self.reward_options)
+
+    def pairs(self, samples: DataSpec, reward_model: ModelSpec | None) -> PairsStageConfig:
+        sources = RewardSources(model=reward_model, **dict(self.recipe.reward_mix))
+        return PairsStageConfig(samples=samples, reward=sources, min_margin=self.recipe.iterate.min_margin)
+
+    def training(self) -> dict[str, StageConfig]:
+        return {**({"sft": self.sft()} if self.recipe.sft is not None else {}),
+                **({"reward": self.reward()} if self.recipe.reward is not None else {})}
 
 
-def preflight(recipe: IterativeDPORecipe) -> None:
+def preflight(configs: IterativeDPOConfigs) -> None:
     """All data of all steps, checked before the first one starts (no model is loaded)."""
-    configs = training_configs(recipe)
-    if "sft" in configs:
-        sft.validate(configs["sft"])
-    if "reward" in configs:
-        reward.validate(configs["reward"])
+    recipe = configs.recipe
+    if recipe.sft is not None:
+        sft.validate(configs.sft())
+    if recipe.reward is not None:
+        reward.validate(configs.reward())
     load_data(recipe.prompts, "prompts")
     evaluation.preflight(recipe)
 
@@ -82,20 +109,20 @@ def iterative_dpo(recipe: IterativeDPORecipe, refresh: list[str] | None = None,
     """Run (or reuse) every step; `refresh` forces steps (``round-<n>`` forces round n and every round
     after it); `overrides` sets dotted keys, e.g. ``{"iterate.rounds": 5}``."""
     chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
+    configs: IterativeDPOConfigs = chain.configs
     start = recipe.model
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     if recipe.sft is not None:
-        start = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
+        start = model_from(chain.run("sft", configs.sft()), recipe.model)
         start_answers = chain.run("respond_sft", respond_config(recipe, start))
     rm = recipe.reward_model
     if recipe.reward is not None:
-        rm = model_from(chain.run("reward", training_configs(recipe, start)["reward"]), recipe.model)
-    sources = RewardSources(model=rm, **dict(recipe.reward_mix))
+        rm = model_from(chain.run("reward", configs.reward(start)), recipe.model)
 
-    def pairs(n: int, samples):
-        return "pairs", PairsStageConfig(samples=samples, reward=sources, min_margin=recipe.iterate.min_margin)
+    def pairs(n: int, samples: DataSpec):
+        return "pairs", configs.pairs(samples, rm)
 
-    outcome = rounds.run(chain, recipe, recipe.iterate, recipe.dpo, start, start_answers, recipe.prompts, pairs, rm)
+    outcome = rounds.run(chain, recipe, recipe.iterate, configs.dpo_options, start, start_answers, recipe.prompts, pairs, rm)
     rounds_report.publish(NAME, outcome)
     if outcome.best:  # the best round's evaluation under the name gates and the results card use (cached)
         chain.run("evaluate", outcome.rounds[outcome.best - 1].eval_config, same_as=rounds.label(outcome.best, "evaluate"))
@@ -109,6 +136,6 @@ def _refresh(recipe: IterativeDPORecipe, refresh: list[str]) -> list[str]:
 
 
 FLOW = FlowSpec(name=NAME, recipe=IterativeDPORecipe, function=iterative_dpo, steps=steps, preflight=preflight,
-                gate_labels=gate_labels, training_configs=training_configs, expand_refresh=_refresh,
+                gate_labels=gate_labels, configs=IterativeDPOConfigs, expand_refresh=_refresh,
                 default_recipe="iterative-dpo",
                 description="rounds of on-policy samples → reward-model pairs → DPO, with early stopping")

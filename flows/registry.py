@@ -124,14 +124,14 @@ def data_report(spec: FlowSpec, recipe: BaseModel) -> list[str]:
     from alignment.data import estimated_tokens, load_data
 
     out = []
-    for name, config in (spec.training_configs(recipe) if spec.training_configs else {}).items():
+    for name, config in spec.configs(recipe).training().items():
         data_spec = getattr(config, "data", None)
         if data_spec is None:
             continue
         kind = "sft" if name == "sft" else "preference"
         data = load_data(data_spec, kind)
-        over = sum(estimated_tokens(r) > config.train.max_length for r in data.rows)
+        over = sum(estimated_tokens(r) > config.options.train.max_length for r in data.rows)
         pairs = f", {data.dropped_identical} identical pairs dropped" if kind == "preference" else ""
         out.append(f"{name}.data {data_spec.path}: {len(data.rows)} rows used{pairs}, {over} over train.max_length = "
-                   f"{config.train.max_length} (estimated; the trainer truncates or drops them)")
+                   f"{config.options.train.max_length} (estimated; the trainer truncates or drops them)")
     return out

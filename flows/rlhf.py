@@ -20,19 +20,22 @@ from alignment.config import (
     GRPOStageConfig,
     ModelSpec,
     PPOStageConfig,
+    RewardOptions,
     RewardSources,
     RewardStageConfig,
     RLAlgorithm,
     RLHFRecipe,
     RLOOStageConfig,
+    RLStageConfig,
+    SFTOptions,
     SFTStageConfig,
+    StageConfig,
 )
 from alignment.stages import reward, sft
 from flows import evaluation
 from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.spec import FlowSpec
-from flows.tasks import options
+from flows.spec import Configs, FlowSpec
 
 NAME = "rlhf"
 RL_CONFIG = {RLAlgorithm.ppo: PPOStageConfig, RLAlgorithm.grpo: GRPOStageConfig, RLAlgorithm.rloo: RLOOStageConfig}
@@ -49,30 +52,50 @@ def steps(recipe: RLHFRecipe) -> tuple[str, ...]:
             + evaluation.steps(recipe, ("evaluate",)))
 
 
-def training_configs(recipe: RLHFRecipe, sft_model: ModelSpec | None = None,
-                     reward_model: ModelSpec | None = None) -> dict[str, Any]:
-    """SFT, reward and RL configs; upstream artifacts default to the base model (for preflight)."""
-    start = sft_model or recipe.model
-    out: dict[str, Any] = {}
-    if recipe.sft is not None:
-        out["sft"] = SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe))
-    out["reward"] = RewardStageConfig(model=start, **options(recipe.reward, recipe))
-    sources = RewardSources(model=reward_model or recipe.model, **dict(recipe.reward_mix))
-    section = getattr(recipe, recipe.algorithm.value)
-    out["rl"] = RL_CONFIG[recipe.algorithm](model=start, prompts=recipe.prompts, reward=sources, **options(section, recipe))
-    return out
+class RLHFConfigs(Configs):
+    """The stage configs of one rlhf run, from the recipe as the run sees it (made once: Chain.open);
+    upstream models default to the base model (preflight, before they exist)."""
+
+    recipe: RLHFRecipe
+
+    def __init__(self, recipe: RLHFRecipe):
+        super().__init__(recipe)
+        self.sft_options = SFTOptions.of(recipe.sft, recipe.launch) if recipe.sft is not None else None
+        self.reward_options = RewardOptions.of(recipe.reward, recipe.launch)
+        section = getattr(recipe, recipe.algorithm.value)
+        self.rl_options = type(section).of(section, recipe.launch)
+
+    def sft(self) -> SFTStageConfig:
+        if self.recipe.sft is None or self.sft_options is None:
+            raise ValueError("rlhf: this recipe has no `sft` section (RL starts from `model`)")
+        return SFTStageConfig(model=self.recipe.model, data=self.recipe.sft.data, options=self.sft_options)
+
+    def reward(self, start: ModelSpec | None = None) -> RewardStageConfig:
+        """The reward model, from `start` (the SFT model, else the base model)."""
+        section = self.recipe.reward
+        return RewardStageConfig(model=start or self.recipe.model, data=section.data, eval_data=section.eval_data,
+                                 options=self.reward_options)
+
+    def rl(self, start: ModelSpec | None = None, reward_model: ModelSpec | None = None) -> RLStageConfig:
+        """PPO, GRPO or RLOO (`algorithm`) from `start`, scored by `reward_model` plus `reward_mix`."""
+        sources = RewardSources(model=reward_model or self.recipe.model, **dict(self.recipe.reward_mix))
+        return RL_CONFIG[self.recipe.algorithm](model=start or self.recipe.model, prompts=self.recipe.prompts,
+                                                reward=sources, options=self.rl_options)
+
+    def training(self) -> dict[str, StageConfig]:
+        sft_config = {"sft": self.sft()} if self.recipe.sft is not None else {}
+        return {**sft_config, "reward": self.reward(), "rl": self.rl()}
 
 
-def preflight(recipe: RLHFRecipe) -> None:
+def preflight(configs: RLHFConfigs) -> None:
     """All data of all steps, checked before the first one starts (no model is loaded)."""
     from alignment.rl.stage import validate_rl
 
-    configs = training_configs(recipe)
-    if "sft" in configs:
-        sft.validate(configs["sft"])
-    reward.validate(configs["reward"])
-    validate_rl(configs["rl"])
-    evaluation.preflight(recipe)
+    if configs.recipe.sft is not None:
+        sft.validate(configs.sft())
+    reward.validate(configs.reward())
+    validate_rl(configs.rl())
+    evaluation.preflight(configs.recipe)
 
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
@@ -85,19 +108,20 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     """Run (or reuse) every step; `refresh` forces steps (and so everything after them); `overrides`
     sets dotted keys, e.g. ``{"algorithm": "grpo", "ppo.iterations": 40}``."""
     chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
+    configs: RLHFConfigs = chain.configs
     start_answers = chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=recipe.sft is None))
     sft_model = None
     if recipe.sft is not None:
-        sft_model = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
+        sft_model = model_from(chain.run("sft", configs.sft()), recipe.model)
         start_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
-    rm = model_from(chain.run("reward", training_configs(recipe, sft_model)["reward"]), recipe.model)
+    rm = model_from(chain.run("reward", configs.reward(sft_model)), recipe.model)
     algo = recipe.algorithm.value
-    trained = model_from(chain.run(algo, training_configs(recipe, sft_model, rm)["rl"]), recipe.model)
+    trained = model_from(chain.run(algo, configs.rl(sft_model, rm)), recipe.model)
     policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, trained))
     evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
     return chain.close(recipe, trained)
 
 
 FLOW = FlowSpec(name=NAME, recipe=RLHFRecipe, function=rlhf, steps=steps, preflight=preflight,
-                training_configs=training_configs, default_recipe="rlhf",
+                configs=RLHFConfigs, default_recipe="rlhf",
                 description="SFT → reward model → PPO/GRPO/RLOO → evaluate (policy vs SFT)")

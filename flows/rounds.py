@@ -37,7 +37,7 @@ from alignment.stages.pairs import NoPairs
 from flows import evaluation
 from flows.chain import Chain
 from flows.evaluation import model_from, respond_config
-from flows.tasks import data_of, options
+from flows.tasks import data_of
 
 ROUND = "round-{n}"
 
@@ -204,8 +204,7 @@ def run(chain: Chain, recipe, opts: RoundOptions, dpo: DPOOptions, start: ModelS
             break
         reference = start if opts.reference == "fixed" and n > 1 else None
         trained = chain.run(label(n, "dpo"), DPOStageConfig(
-            model=current, reference=reference, data=data_of(labels, labels["stage"], "preferences"),
-            **options(dpo, recipe)))
+            model=current, reference=reference, data=data_of(labels, labels["stage"], "preferences"), options=dpo))
         current = model_from(trained, recipe.model)
         answers = chain.run(label(n, "respond"), respond_config(recipe, current))
         ev_config = evaluation.evaluate_config(recipe, answers, start_answers, calibration, reward_model)

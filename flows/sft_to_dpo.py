@@ -16,13 +16,20 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from alignment.config import DPOStageConfig, ModelSpec, SFTStageConfig, SftToDpoRecipe
+from alignment.config import (
+    DPOOptions,
+    DPOStageConfig,
+    ModelSpec,
+    SFTOptions,
+    SFTStageConfig,
+    SftToDpoRecipe,
+    StageConfig,
+)
 from alignment.stages import dpo, sft
 from flows import evaluation
 from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.spec import FlowSpec
-from flows.tasks import options
+from flows.spec import Configs, FlowSpec
 
 NAME = "sft-to-dpo"
 STEPS = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate")
@@ -34,18 +41,33 @@ def steps(recipe: SftToDpoRecipe) -> tuple[str, ...]:
     return STEPS[:5] + evaluation.steps(recipe, ("evaluate",))
 
 
-def training_configs(recipe: SftToDpoRecipe, sft_model: ModelSpec | None = None) -> dict[str, Any]:
-    """The SFT and DPO configs; DPO starts from `sft_model` (the base model before SFT exists: preflight)."""
-    return {"sft": SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe)),
-            "dpo": DPOStageConfig(model=sft_model or recipe.model, **options(recipe.dpo, recipe))}
+class SftToDpoConfigs(Configs):
+    """The stage configs of one sft-to-dpo run, from the recipe as the run sees it (made once: Chain.open)."""
+
+    recipe: SftToDpoRecipe
+
+    def __init__(self, recipe: SftToDpoRecipe):
+        super().__init__(recipe)
+        self.sft_options = SFTOptions.of(recipe.sft, recipe.launch)
+        self.dpo_options = DPOOptions.of(recipe.dpo, recipe.launch)
+
+    def sft(self) -> SFTStageConfig:
+        return SFTStageConfig(model=self.recipe.model, data=self.recipe.sft.data, options=self.sft_options)
+
+    def dpo(self, start: ModelSpec | None = None) -> DPOStageConfig:
+        """DPO from `start` (the SFT model; the base model before SFT exists: preflight)."""
+        return DPOStageConfig(model=start or self.recipe.model, data=self.recipe.dpo.data,
+                              eval_data=self.recipe.dpo.eval_data, options=self.dpo_options)
+
+    def training(self) -> dict[str, StageConfig]:
+        return {"sft": self.sft(), "dpo": self.dpo()}
 
 
-def preflight(recipe: SftToDpoRecipe) -> None:
+def preflight(configs: SftToDpoConfigs) -> None:
     """Validate all data of all steps before the first one starts (cheap: no model is loaded)."""
-    configs = training_configs(recipe)
-    sft.validate(configs["sft"])
-    dpo.validate(configs["dpo"])
-    evaluation.preflight(recipe)
+    sft.validate(configs.sft())
+    dpo.validate(configs.dpo())
+    evaluation.preflight(configs.recipe)
 
 
 # log_prints off: libraries print (dill disassembles functions under a stdout capture that Prefect's
@@ -57,15 +79,16 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
                overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or reuse) every step; `refresh` forces steps; `overrides` sets dotted keys."""
     chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
+    configs: SftToDpoConfigs = chain.configs
     chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=False))
-    sft_model = model_from(chain.run("sft", training_configs(recipe)["sft"]), recipe.model)
+    sft_model = model_from(chain.run("sft", configs.sft()), recipe.model)
     sft_answers = chain.run("respond_sft", respond_config(recipe, sft_model))
-    dpo_model = model_from(chain.run("dpo", training_configs(recipe, sft_model)["dpo"]), recipe.model)
+    dpo_model = model_from(chain.run("dpo", configs.dpo(sft_model)), recipe.model)
     dpo_answers = chain.run("respond_dpo", respond_config(recipe, dpo_model))
     evaluation.run(chain, recipe, [("evaluate", dpo_answers, sft_answers)])
     return chain.close(recipe, dpo_model)
 
 
 FLOW = FlowSpec(name=NAME, recipe=SftToDpoRecipe, function=sft_to_dpo, steps=steps, preflight=preflight,
-                training_configs=training_configs, default_recipe="sft-to-dpo",
+                configs=SftToDpoConfigs, default_recipe="sft-to-dpo",
                 description="base model → SFT → DPO → evaluate (DPO vs SFT)")

@@ -11,10 +11,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from alignment.config import RecipeBase
+from alignment.config import RecipeBase, StageConfig
 
 
-def _no_check(recipe: Any) -> None:
+class Configs:
+    """A flow's typed builder of its stage configs: made once per run from the recipe as the run sees it
+    (``Chain.open``, overrides applied), it turns each recipe section into its stage's options once
+    (``XOptions.of(section, recipe.launch)``) and builds every step's config from them (``chain.configs``).
+    A flow subclasses it with one typed method per stage config it builds; ``training()`` returns its
+    training stages' configs with the base model for every upstream model (what the flow's preflight
+    validates and ``alignment validate`` reports the data of)."""
+
+    def __init__(self, recipe: Any):
+        self.recipe = recipe
+
+    def training(self) -> dict[str, StageConfig]:
+        return {}
+
+
+def _no_check(configs: Configs) -> None:
     return None
 
 
@@ -27,8 +42,9 @@ class FlowSpec:
     - ``function``: the ``@flow`` function (called with ``recipe``, ``refresh``, ``overrides``);
     - ``steps(recipe)``: the steps a recipe runs, in order (one ``rerun-<step>`` deployment each);
     - ``gate_labels(recipe)``: every label a run may show, what gates may name (default: ``steps``);
-    - ``preflight(recipe)``: the flow's own checks of every input, before any model loads;
-    - ``training_configs(recipe)``: the training stages' configs (``alignment validate`` reports their data);
+    - ``configs``: its ``Configs`` builder class (one instance per run);
+    - ``preflight(configs)``: the flow's own checks of every input, before any model loads (the run's
+      builder; ``configs.recipe`` is the recipe);
     - ``expand_refresh(recipe, refresh)``: refresh labels as the chain sees them (rounds: a round and after);
     - ``default_recipe``: the recipe `alignment serve` and `alignment deploy` use when none is named.
     """
@@ -37,9 +53,9 @@ class FlowSpec:
     recipe: type[RecipeBase]
     function: Callable[..., Any]
     steps: Callable[[Any], tuple[str, ...]]
+    configs: type[Configs] = Configs
     preflight: Callable[[Any], None] = _no_check
     gate_labels: Callable[[Any], tuple[str, ...]] | None = None
-    training_configs: Callable[[Any], dict[str, Any]] | None = None
     expand_refresh: Callable[[Any, list[str]], list[str]] | None = None
     default_recipe: str | None = None
     description: str = ""
@@ -73,12 +89,13 @@ class FlowSpec:
     def labels(self, recipe: Any) -> tuple[str, ...]:
         return (self.gate_labels or self.steps)(recipe)
 
-    def check(self, recipe: Any) -> None:
+    def check(self, recipe: Any, configs: Configs | None = None) -> None:
         """Every input, before any model loads: the flow's own preflight (data files, constitution,
-        calibration set), the gates' steps, then every model path and launch config the recipe names."""
+        calibration set), the gates' steps, then every model path and launch config the recipe names.
+        `configs`: the run's builder (made here when not given)."""
         from alignment.gates import check_recipe
 
-        self.preflight(recipe)
+        self.preflight(configs if configs is not None else self.configs(recipe))
         check_recipe(recipe, self.labels(recipe))
         check_paths(recipe)
 

@@ -101,11 +101,3 @@ def data_of(result: dict[str, Any], stage: str, output: str):
     from alignment.config import DataSpec
 
     return DataSpec(path=str(spec(stage).output(result, output)))
-
-
-def options(section, recipe) -> dict[str, Any]:
-    """A recipe section's fields for its stage config; an unset `launch` inherits the recipe's."""
-    fields = dict(section)
-    if "launch" in fields and fields["launch"] is None:
-        fields["launch"] = recipe.launch
-    return fields

@@ -6,7 +6,7 @@ import pytest
 from alignment.artifacts import MANIFEST, code_version, stage_key, write_manifest
 from alignment.config import DataSpec, ModelSpec
 from alignment.stages import spec
-from flows.sft_to_dpo import training_configs
+from flows.sft_to_dpo import SftToDpoConfigs
 
 
 def artifact_key(stage, config):
@@ -14,8 +14,8 @@ def artifact_key(stage, config):
 
 
 def test_key_depends_on_content_not_path(tmp_path, tiny_recipe):
-    a = training_configs(tiny_recipe)["sft"]
-    same = training_configs(tiny_recipe.model_copy(deep=True))["sft"]
+    a = SftToDpoConfigs(tiny_recipe).sft()
+    same = SftToDpoConfigs(tiny_recipe.model_copy(deep=True)).sft()
     assert artifact_key("sft", a) == artifact_key("sft", same)
     copy = tmp_path / "copy.jsonl"
     copy.write_bytes(open(a.data.path, "rb").read())
@@ -35,7 +35,7 @@ def test_downstream_key_uses_upstream_artifact_id(tmp_path, tiny_recipe):
         return str(d)
 
     one, moved, other = fake_artifact("a", "sft/1"), fake_artifact("b", "sft/1"), fake_artifact("c", "sft/2")
-    key = lambda p: artifact_key("dpo", training_configs(tiny_recipe, ModelSpec(name=p))["dpo"])  # noqa: E731
+    key = lambda p: artifact_key("dpo", SftToDpoConfigs(tiny_recipe).dpo(ModelSpec(name=p)))  # noqa: E731
     assert key(one) == key(moved) != key(other)
 
 
@@ -81,7 +81,8 @@ def test_key_survives_a_json_round_trip(tiny_recipe):
 
     again = SftToDpoRecipe.model_validate_json(tiny_recipe.model_dump_json())
     for stage in ("sft", "dpo"):
-        assert artifact_key(stage, training_configs(tiny_recipe)[stage]) == artifact_key(stage, training_configs(again)[stage])
+        assert artifact_key(stage, SftToDpoConfigs(tiny_recipe).training()[stage]) == \
+            artifact_key(stage, SftToDpoConfigs(again).training()[stage])
     assert artifact_key("respond", respond_config(tiny_recipe, tiny_recipe.model)) == \
         artifact_key("respond", respond_config(again, again.model))
     assert artifact_key("calibrate", calibrate_config(tiny_recipe)) == artifact_key("calibrate", calibrate_config(again))

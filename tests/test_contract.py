@@ -31,37 +31,45 @@ FAST = {"max_steps": 1, "batch_size": 4, "max_length": 96, "logging_steps": 1, "
 
 
 def fields(spec) -> set[str]:
-    return set(spec.config.model_fields) - {"refresh_token"}
+    """A stage config's fields, and its options' as `options.<name>`."""
+    top = spec.config.model_fields
+    inner = top["options"].annotation.model_fields if "options" in top else {}
+    return (set(top) - {"refresh_token"}) | {f"options.{name}" for name in inner}
 
 
 def hashed_fields(spec) -> set[str]:
-    return fields(spec) - {k for k in spec.unhashed if "." not in k}
+    return fields(spec) - set(spec.unhashed)
 
 
 @contextmanager
 def recording(monkeypatch):
-    """Record which top-level config fields each stage reads between its key and its commit."""
+    """Record which config fields (and `options.<field>`) each stage reads between its key and its commit."""
     reads: dict[str, set[str]] = {}
     active: list[str] = []
     start, commit = spec_module.StageSpec.start, spec_module.Job.commit
 
     def recording_start(self, config, context=None):
         job = start(self, config, context)
-        names = set(type(job.config).model_fields)
-
-        class Recorded(type(job.config)):
-            def __getattribute__(inner, name):
-                if active and name in names:
-                    reads.setdefault(active[-1], set()).add(name)
-                return super().__getattribute__(name)
-
-        job.config = Recorded.model_construct(**dict(job.config))
+        job.config = recorded(job.config, "")
+        if hasattr(job.config, "options"):
+            object.__setattr__(job.config, "options", recorded(job.config.options, "options."))
         active.append(self.name)
         return job
 
     def quiet_commit(self, out, metrics):
         active.clear()
         return commit(self, out, metrics)
+
+    def recorded(value, prefix):
+        names = set(type(value).model_fields)
+
+        class Recorded(type(value)):
+            def __getattribute__(inner, name):
+                if active and name in names:
+                    reads.setdefault(active[-1], set()).add(prefix + name)
+                return super().__getattribute__(name)
+
+        return Recorded.model_construct(**dict(value))
 
     monkeypatch.setattr(spec_module.StageSpec, "start", recording_start)
     monkeypatch.setattr(spec_module.Job, "commit", quiet_commit)
@@ -75,7 +83,7 @@ def runs(tiny_recipe, tmp_path_factory):
     import os
 
     from flows.evaluation import calibrate_config, evaluate_config, respond_config
-    from flows.sft_to_dpo import training_configs
+    from flows.sft_to_dpo import SftToDpoConfigs
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("contract") / "store")
     mp = pytest.MonkeyPatch()
@@ -91,16 +99,18 @@ def runs(tiny_recipe, tmp_path_factory):
             def model(result):
                 return TINY.model_copy(update={"name": result.path})
 
+            configs = SftToDpoConfigs(tiny_recipe)
             mix = {"mix_data": DataSpec(path="data/sft_train.jsonl", max_rows=4), "mix_ratio": 0.5}
-            s = run(SFTStageConfig(**{**dict(training_configs(tiny_recipe)["sft"]), **mix}))
-            d = run(training_configs(tiny_recipe, model(s))["dpo"])
+            sft_config = configs.sft()
+            s = run(sft_config.model_copy(update={"options": sft_config.options.model_copy(update=mix)}))
+            d = run(configs.dpo(model(s)))
             ref_answers = run(respond_config(tiny_recipe, model(s)), "respond")
             pol_answers = run(respond_config(tiny_recipe, model(d)), "respond_dpo")
             cal = run(calibrate_config(tiny_recipe))
             # held-out pairs split off by heldout_fraction (with eval_data given, heldout_fraction is unused
             # but still hashed: a setting that matters only under another setting is hashed regardless)
             rm = run(RewardStageConfig(model=TINY, data=DataSpec(path="data/pref_train.jsonl", max_rows=16),
-                                       heldout_fraction=0.25, train=FAST))
+                                       options={"heldout_fraction": 0.25, "train": FAST}))
             ev = evaluate_config(tiny_recipe, pol_answers.to_dict(), ref_answers.to_dict(), cal.to_dict(), model(rm))
             run(ev.model_copy(update={"kl": GenerationSpec(temperature=1.0, max_new_tokens=4)}))
             gen = run(GenerateStageConfig(model=TINY, prompts=DataSpec(path="data/redteam_train.jsonl", max_rows=3),
@@ -109,19 +119,21 @@ def runs(tiny_recipe, tmp_path_factory):
             completions = DataSpec(path=str(stages.spec("generate").output(gen, "completions")))
             from alignment.config import CritiqueReviseStageConfig
 
-            run(CritiqueReviseStageConfig(model=TINY, initial=completions, rounds=1, engine={"kind": "hf"},
-                                          generation={"max_new_tokens": 6, "temperature": 1.0}))
-            run(FeedbackStageConfig(samples=completions, principles_per_pair=1, chain_of_thought=True,
-                                    judge={"model": TINY, "engine": {"kind": "hf"}}))
+            run(CritiqueReviseStageConfig(model=TINY, initial=completions,
+                                          generation={"max_new_tokens": 6, "temperature": 1.0},
+                                          options={"rounds": 1, "engine": {"kind": "hf"}}))
+            run(FeedbackStageConfig(samples=completions, options={
+                "principles_per_pair": 1, "chain_of_thought": True, "judge": {"model": TINY, "engine": {"kind": "hf"}}}))
             run(PairsStageConfig(samples=completions, reward=RewardSources(model=model(rm), rule={"contains": "e"}),
                                  min_margin=0.0))
             rl = {"model": TINY, "prompts": DataSpec(path="data/sft_train.jsonl", max_rows=4),
-                  "reward": RewardSources(model=model(rm), rule={"contains": "e"}),
-                  "rollout": {"temperature": 1.0, "max_new_tokens": 4}}
-            run(PPOStageConfig(**rl, iterations=1, rollout_batch=4, train={"batch_size": 4}))
-            group = {**rl, "num_generations": 2, "train": {**FAST, "max_steps": 1}}
-            run(GRPOStageConfig(**group))
-            run(RLOOStageConfig(**group))
+                  "reward": RewardSources(model=model(rm), rule={"contains": "e"})}
+            rollout = {"temperature": 1.0, "max_new_tokens": 4}
+            run(PPOStageConfig(**rl, options={"iterations": 1, "rollout_batch": 4, "train": {"batch_size": 4},
+                                              "rollout": rollout}))
+            group = {"rollout": rollout, "num_generations": 2, "train": {**FAST, "max_steps": 1}}
+            run(GRPOStageConfig(**rl, options=group))
+            run(RLOOStageConfig(**rl, options=group))
     finally:
         mp.undo()
         os.environ.pop("ALIGNMENT_STORE")
@@ -163,8 +175,11 @@ def test_unhashed_paths_name_real_fields():
 def test_an_unhashed_setting_does_not_change_the_key():
     cfg = PPOStageConfig(model=TINY, prompts=DataSpec(path="data/sft_train.jsonl"), reward=RewardSources(rule={"contains": "e"}))
     ppo = stages.spec("ppo")
-    assert ppo.key(cfg) == ppo.key(cfg.model_copy(update={"checkpoint_every": 1}))
-    assert ppo.key(cfg) != ppo.key(cfg.model_copy(update={"sample_every": 1})), "rollouts.jsonl depends on it"
+    o = cfg.options
+    assert ppo.key(cfg) == ppo.key(cfg.model_copy(update={"options": o.model_copy(update={
+        "train": o.train.model_copy(update={"checkpoint_every": 1, "keep_checkpoints": 5})})}))
+    assert ppo.key(cfg) != ppo.key(cfg.model_copy(update={"options": o.model_copy(update={"sample_every": 1})})), \
+        "rollouts.jsonl depends on it"
 
 
 def test_training_configs_hold_no_evaluation_settings():
@@ -179,21 +194,22 @@ def test_auto_is_resolved_before_hashing(monkeypatch):
     import torch
 
     cfg = SFTStageConfig(model=TINY, data=DataSpec(path="data/sft_train.jsonl"))
-    explicit = cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"mode": "lora"}),
-                                      "model": TINY.model_copy(update={"dtype": "float32"})})
+    lora = cfg.options.model_copy(update={"adapter": cfg.options.adapter.model_copy(update={"mode": "lora"})})
+    explicit = cfg.model_copy(update={"options": lora, "model": TINY.model_copy(update={"dtype": "float32"})})
     sft = stages.spec("sft")
     if torch.cuda.is_available():
         pytest.skip("the CPU half of this check")
     cpu = sft.key(cfg)
     assert cpu == sft.key(explicit)
     job = sft.start(cfg)
-    assert job.resolved == {"adapter.mode": "lora", "model.dtype": "float32"} and job.config.adapter.mode == "lora"
+    assert job.resolved == {"options.adapter.mode": "lora", "model.dtype": "float32"}
+    assert job.config.options.adapter.mode == "lora"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     spec_module.device_kind.cache_clear()
     try:
         gpu = sft.key(cfg)
-        assert sft.start(cfg).resolved == {"adapter.mode": "full", "model.dtype": "bfloat16"}
+        assert sft.start(cfg).resolved == {"options.adapter.mode": "full", "model.dtype": "bfloat16"}
         assert gpu != cpu and sft.identity(sft.start(explicit).config)["device"] == "cuda"
         assert sft.key(explicit) not in (cpu, gpu), "explicit LoRA on a GPU: same settings, other device"
     finally:

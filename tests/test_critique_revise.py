@@ -81,8 +81,9 @@ def initial(tmp_path):
 def test_rounds_filters_and_provenance(initial, store, monkeypatch):
     engine = Scripted()
     monkeypatch.setattr(critique_revise, "load_engine", lambda *a, **k: engine)
-    cfg = CritiqueReviseStageConfig(model=ModelSpec(name="tiny-random"), initial=initial, rounds=2, few_shot=1,
-                                    constitution=ConstitutionSpec(path=str(CONSTITUTION)))
+    cfg = CritiqueReviseStageConfig(model=ModelSpec(name="tiny-random"), initial=initial,
+                                    constitution=ConstitutionSpec(path=str(CONSTITUTION)),
+                                    options={"rounds": 2, "few_shot": 1})
     r = critique_revise.run(cfg)
     m = r.metrics
     # P0: empty twice; P1: returns its input twice; P2, P3: revised in round 0, then the same text again
@@ -126,6 +127,6 @@ def test_generate_then_critique_revise_on_the_tiny_model(store):
                                          generation=GenerationSpec(max_new_tokens=6)))
     assert g.metrics["prompts"] == 3
     r = critique_revise.run(CritiqueReviseStageConfig(
-        model=ModelSpec(name="tiny-random"), engine=hf, rounds=1, generation=GenerationSpec(max_new_tokens=6),
-        initial=DataSpec(path=str(Path(g.path) / "completions.jsonl"))))
+        model=ModelSpec(name="tiny-random"), generation=GenerationSpec(max_new_tokens=6),
+        initial=DataSpec(path=str(Path(g.path) / "completions.jsonl")), options={"engine": hf, "rounds": 1}))
     assert r.metrics["revisions_total"] == 3 and (Path(r.path) / "sft.jsonl").is_file()

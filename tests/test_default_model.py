@@ -45,7 +45,7 @@ def test_short_dpo_on_the_default_model_separates_heldout_pairs(store):
     cfg = DPOStageConfig(
         data=DataSpec(path="data/pref_train.jsonl", max_rows=48),
         eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=24),
-        train=TrainSpec(learning_rate=2e-4, max_steps=6, batch_size=8, max_length=160, logging_steps=1))
+        options={"train": TrainSpec(learning_rate=2e-4, max_steps=6, batch_size=8, max_length=160, logging_steps=1)})
     m = dpo.run(cfg).metrics
     assert m["steps"] == 6 and m["heldout_pairs"] == 24
     assert m["heldout_rewards_margins"] > 0 and m["heldout_rewards_accuracies"] > 0.6

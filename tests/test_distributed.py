@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from alignment import stages
 from alignment.config import (
+    AdapterSpec,
     DataSpec,
     DPOStageConfig,
     GRPOStageConfig,
@@ -30,23 +31,27 @@ TINY = ModelSpec(name="tiny-random")
 TRAIN = {"max_steps": 6, "batch_size": 4, "max_length": 96, "learning_rate": 5e-3, "logging_steps": 1}
 PROFILES = {"ddp": ("MULTI_CPU", None), "zero2": ("DEEPSPEED", 2), "zero3": ("DEEPSPEED", 3)}
 RL = {"model": TINY, "prompts": DataSpec(path="data/sft_train.jsonl", max_rows=8),
-      "reward": RewardSources(rule={"contains": "e", "mode": "count"}),
-      "rollout": {"temperature": 1.0, "max_new_tokens": 8}}
+      "reward": RewardSources(rule={"contains": "e", "mode": "count"})}
+ROLLOUT = {"temperature": 1.0, "max_new_tokens": 8}
 
 
 def config(stage: str, launch: LaunchSpec):
     if stage == "sft":
-        return SFTStageConfig(model=TINY, data=DataSpec(path="data/sft_train.jsonl", max_rows=32), train=TRAIN, launch=launch)
+        return SFTStageConfig(model=TINY, data=DataSpec(path="data/sft_train.jsonl", max_rows=32),
+                              options={"train": TRAIN, "launch": launch})
     if stage == "dpo":
         return DPOStageConfig(model=TINY, data=DataSpec(path="data/pref_train.jsonl", max_rows=32),
-                              eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=8), train=TRAIN, launch=launch)
+                              eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=8),
+                              options={"train": TRAIN, "launch": launch})
     if stage == "reward":
         return RewardStageConfig(model=TINY, data=DataSpec(path="data/pref_train.jsonl", max_rows=32),
-                                 eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=8), train=TRAIN, launch=launch)
+                                 eval_data=DataSpec(path="data/pref_heldout.jsonl", max_rows=8),
+                                 options={"train": TRAIN, "launch": launch})
     if stage == "grpo":
-        return GRPOStageConfig(**RL, num_generations=2, train={**TRAIN, "max_steps": 4}, launch=launch)
-    return PPOStageConfig(**RL, iterations=3, rollout_batch=8, train={"batch_size": 4, "learning_rate": 1e-3},
-                          adapter={"mode": "full"}, launch=launch)
+        return GRPOStageConfig(**RL, options={"num_generations": 2, "train": {**TRAIN, "max_steps": 4},
+                                                     "rollout": ROLLOUT, "launch": launch})
+    return PPOStageConfig(**RL, options={"iterations": 3, "rollout_batch": 8, "adapter": {"mode": "full"}, "launch": launch,
+                                         "rollout": ROLLOUT, "train": {"batch_size": 4, "learning_rate": 1e-3}})
 
 
 @pytest.mark.parametrize("profile", list(PROFILES))
@@ -81,8 +86,8 @@ def test_stage_trains_in_two_processes(stage, profile, store):
 def test_full_dpo_keeps_a_reference_model_under_zero3(store):
     """Full fine-tuning: DPO's frozen reference is a second model, which TRL prepares for ZeRO-3 itself."""
     launch = LaunchSpec(accelerate_config=str(INFRA / "zero3.yaml"), num_processes=2)
-    cfg = config("dpo", launch).model_copy(update={"adapter": {"mode": "full"}})
-    cfg = type(cfg).model_validate(cfg.model_dump())
+    cfg = config("dpo", launch)
+    cfg = cfg.model_copy(update={"options": cfg.options.model_copy(update={"adapter": AdapterSpec(mode="full")})})
     result = stages.runner("dpo")(cfg)
     manifest = result.manifest()
     assert manifest["launch"]["zero_stage"] == 3 and manifest["resolved"] == {"model.dtype": "float32"}

@@ -77,7 +77,7 @@ def samples(tmp_path):
 def test_feedback_stage_labels_pairs(samples, store, monkeypatch):
     monkeypatch.setattr(feedback, "load_engine", lambda *a, **k: Scripted())
     cfg = FeedbackStageConfig(samples=samples, constitution=ConstitutionSpec(path=str(CONSTITUTION)),
-                              principles_per_pair=3)
+                              options={"principles_per_pair": 3})
     r = feedback.run(cfg)
     assert r.metrics["pairs"] == 3 and r.metrics["pairs_identical"] == 1 and r.metrics["pairs_kept"] == 2
     prefs = [json.loads(x) for x in Path(Path(r.path) / "preferences.jsonl").read_text().splitlines()]
@@ -89,7 +89,7 @@ def test_feedback_stage_labels_pairs(samples, store, monkeypatch):
     from alignment.data import load_data
 
     assert len(load_data(D(path=str(Path(r.path) / "preferences.jsonl")), "preference").rows) == 2, "DPO-ready"
-    strict = feedback.run(cfg.model_copy(update={"min_margin": 0.3}))
+    strict = feedback.run(cfg.model_copy(update={"options": cfg.options.model_copy(update={"min_margin": 0.3})}))
     assert strict.metrics["pairs_kept"] == 0 and strict.metrics["pairs_dropped_margin"] == 2
 
 
@@ -107,7 +107,7 @@ def test_feedback_shows_the_constitutions_worked_comparisons_first(samples, stor
             return super().score(chats, options)
 
     monkeypatch.setattr(feedback, "load_engine", lambda *a, **k: Recording())
-    feedback.run(FeedbackStageConfig(samples=samples, principles_per_pair=2))
+    feedback.run(FeedbackStageConfig(samples=samples, options=dict(principles_per_pair=2)))
     assert seen and all(len(c) == 3 and [m["role"] for m in c] == ["user", "assistant", "user"] for c in seen)
     for shot_q, shot_a, _ in seen:
         assert example.prompt in shot_q["content"]
@@ -115,7 +115,7 @@ def test_feedback_shows_the_constitutions_worked_comparisons_first(samples, stor
         assert better == example.better, "the reply names the better answer's letter"
     assert {c[1]["content"] for c in seen} == {"A", "B"}, "the better answer is not always first"
     seen.clear()
-    feedback.run(FeedbackStageConfig(samples=samples, principles_per_pair=2, few_shot=0))
+    feedback.run(FeedbackStageConfig(samples=samples, options=dict(principles_per_pair=2, few_shot=0)))
     assert seen and all(len(c) == 1 for c in seen)
 
 
@@ -132,7 +132,7 @@ def test_chain_of_thought_labels_are_clamped(samples, store, monkeypatch):
                     else [math.log(0.01), math.log(0.99)] for c in chats]
 
     monkeypatch.setattr(feedback, "load_engine", lambda *a, **k: Thinking())
-    cfg = FeedbackStageConfig(samples=samples, chain_of_thought=True, principles_per_pair=2)
+    cfg = FeedbackStageConfig(samples=samples, options=dict(chain_of_thought=True, principles_per_pair=2))
     prefs = [json.loads(x) for x in Path(Path(feedback.run(cfg).path) / "preferences.jsonl").read_text().splitlines()]
     assert all(p["soft_label"] == pytest.approx(0.6) for p in prefs), "0.99 clamps to 0.6"
 
@@ -147,6 +147,6 @@ def test_generate_several_samples_and_feedback_on_tiny_model(store):
         generation=GenerationSpec(max_new_tokens=6, temperature=1.0)))
     assert g.metrics["samples_per_prompt"] == 2 and len((Path(g.path) / "completions.jsonl").read_text().splitlines()) == 6
     r = feedback.run(FeedbackStageConfig(samples=DataSpec(path=str(Path(g.path) / "completions.jsonl")),
-                                         judge=JudgeSpec(model=ModelSpec(name="tiny-random"), engine=hf),
-                                         principles_per_pair=2))
+                                         options={"judge": JudgeSpec(model=ModelSpec(name="tiny-random"), engine=hf),
+                                                  "principles_per_pair": 2}))
     assert r.metrics["pairs"] == 3 and 0 <= r.metrics["mean_abs_margin"] <= 0.5

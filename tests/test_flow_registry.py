@@ -21,11 +21,10 @@ from typing import Any, Literal
 
 from prefect import flow
 
-from alignment.config import RecipeBase, SFTSection, SFTStageConfig
+from alignment.config import RecipeBase, SFTOptions, SFTSection, SFTStageConfig
 from flows.chain import Chain, gated
 from flows.evaluation import model_from, respond_config
-from flows.spec import FlowSpec
-from flows.tasks import options
+from flows.spec import Configs, FlowSpec
 
 NAME = "toy"
 
@@ -39,8 +38,13 @@ def steps(recipe):
     return ("respond_base", "sft")
 
 
-def configs(recipe):
-    return {"sft": SFTStageConfig(model=recipe.model, **options(recipe.sft, recipe))}
+class ToyConfigs(Configs):
+    def sft(self) -> SFTStageConfig:
+        return SFTStageConfig(model=self.recipe.model, data=self.recipe.sft.data,
+                              options=SFTOptions.of(self.recipe.sft, self.recipe.launch))
+
+    def training(self):
+        return {"sft": self.sft()}
 
 
 @flow(name=NAME, persist_result=False)
@@ -48,11 +52,11 @@ def configs(recipe):
 def toy(recipe: ToyRecipe, refresh: list[str] | None = None, overrides: dict[str, Any] | None = None):
     chain, recipe = Chain.open(FLOW, recipe, refresh, overrides)
     chain.run("respond_base", respond_config(recipe, recipe.model, evaluated=False))
-    model = model_from(chain.run("sft", configs(recipe)["sft"]), recipe.model)
+    model = model_from(chain.run("sft", chain.configs.sft()), recipe.model)
     return chain.close(recipe, model)
 
 
-FLOW = FlowSpec(name=NAME, recipe=ToyRecipe, function=toy, steps=steps, training_configs=configs,
+FLOW = FlowSpec(name=NAME, recipe=ToyRecipe, function=toy, steps=steps, configs=ToyConfigs,
                 description="base answers → SFT (a test's toy)")
 '''
 

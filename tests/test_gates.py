@@ -168,8 +168,8 @@ def built_dpo(store):
     for name, lr in (("a", 1e-3), ("b", 2e-3)):
         made[name] = sft.run(SFTStageConfig(model=ModelSpec(name="tiny-random"),
                                             data=DataSpec(path="data/sft_train.jsonl", max_rows=4),
-                                            train={"max_steps": 1, "batch_size": 4, "max_length": 64,
-                                                   "learning_rate": lr})).path
+                                            options={"train": {"max_steps": 1, "batch_size": 4, "max_length": 64,
+                                                               "learning_rate": lr}})).path
     return made
 
 

@@ -23,8 +23,8 @@ TINY = ModelSpec(name="tiny-random")
 
 def sft_config(**train) -> SFTStageConfig:
     return SFTStageConfig(model=TINY, data=DataSpec(path="data/sft_train.jsonl", max_rows=32),
-                          train={"max_steps": 6, "batch_size": 4, "max_length": 96, "learning_rate": 5e-3,
-                                 "logging_steps": 1, **train})
+                          options={"train": {"max_steps": 6, "batch_size": 4, "max_length": 96, "learning_rate": 5e-3,
+                                             "logging_steps": 1, **train}})
 
 
 def test_plans_and_their_errors(tmp_path):
@@ -128,12 +128,13 @@ def test_a_flow_killed_mid_sft_resumes_sft_from_its_checkpoint(home, prefect_har
     assert not checkpoints_of(home, "sft"), "checkpoints removed after the commit"
 
 
-def ppo_file(tmp_path: Path, **extra) -> Path:
+def ppo_file(tmp_path: Path) -> Path:
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"Say something about {w}."}) + "\n" for w in "ab cd ef gh".split()))
     cfg = PPOStageConfig(model=TINY, prompts=DataSpec(path=str(prompts)), reward=RewardSources(rule={"contains": "e"}),
-                         iterations=200, rollout_batch=4, ppo_epochs=1, rollout={"temperature": 1.0, "max_new_tokens": 6},
-                         train={"batch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 3}, **extra)
+                         options={"iterations": 200, "rollout_batch": 4, "ppo_epochs": 1,
+                                  "rollout": {"temperature": 1.0, "max_new_tokens": 6},
+                                  "train": {"batch_size": 4, "learning_rate": 1e-3, "checkpoint_every": 3}})
     path = tmp_path / "ppo.json"
     path.write_text(cfg.model_dump_json())
     return path
@@ -230,7 +231,9 @@ def test_trackers_log_to_tensorboard_and_a_missing_tracker_is_a_clear_error(home
 def test_ppo_logs_to_tensorboard(home, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is in the pinned environment (requirements*.lock)")
     cfg = PPOStageConfig.model_validate_json(ppo_file(tmp_path).read_text())
-    cfg = cfg.model_copy(update={"iterations": 2, "train": cfg.train.model_copy(update={"report_to": ["tensorboard"]})})
+    o = cfg.options
+    cfg = cfg.model_copy(update={"options": o.model_copy(update={
+        "iterations": 2, "train": o.train.model_copy(update={"report_to": ["tensorboard"]})})})
     result = stages.runner("ppo")(cfg)
     assert list((home / "tensorboard" / f"ppo-{result.key}").rglob("events.out.tfevents.*"))
 

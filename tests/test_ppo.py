@@ -21,12 +21,13 @@ def prompt_file(tmp_path) -> Path:
     return path
 
 
-def ppo_config(prompt_file: Path, **overrides) -> PPOStageConfig:
-    base = dict(model={"name": "tiny-random"}, prompts={"path": str(prompt_file)},
-                reward={"rule": {"contains": "e", "mode": "count"}}, adapter={"mode": "full"},
-                train={"learning_rate": 1e-3, "batch_size": 8}, iterations=10, rollout_batch=16, ppo_epochs=4,
-                rollout={"temperature": 1.0, "max_new_tokens": 16}, missing_eos_penalty=None, kl_coef=0.01)
-    return PPOStageConfig(**{**base, **overrides})
+def ppo_config(prompt_file: Path, reward: dict | None = None, **options) -> PPOStageConfig:
+    """A PPO config on `prompt_file`; keyword arguments other than `reward` are PPOOptions."""
+    base = dict(adapter={"mode": "full"}, train={"learning_rate": 1e-3, "batch_size": 8}, iterations=10,
+                rollout_batch=16, ppo_epochs=4, rollout={"temperature": 1.0, "max_new_tokens": 16},
+                missing_eos_penalty=None, kl_coef=0.01)
+    return PPOStageConfig(model={"name": "tiny-random"}, prompts={"path": str(prompt_file)},
+                          reward=reward or {"rule": {"contains": "e", "mode": "count"}}, options={**base, **options})
 
 
 def make_loop(config: PPOStageConfig):

@@ -78,9 +78,17 @@ def test_unknown_recipe_name():
 
 def test_stage_config_yaml_for_standalone_stage(tmp_path):
     p = tmp_path / "dpo.yaml"
-    p.write_text("model: {name: tiny-random}\ndata: {path: data/pref_train.jsonl}\nbeta: 0.2\n")
+    p.write_text("model: {name: tiny-random}\ndata: {path: data/pref_train.jsonl}\noptions: {beta: 0.2}\n")
     cfg = load_yaml_model(p, DPOStageConfig)
-    assert cfg.beta == 0.2 and cfg.train.learning_rate == 5e-5
+    assert cfg.options.beta == 0.2 and cfg.options.train.learning_rate == 5e-5
+
+
+def test_a_stage_config_knob_outside_options_names_where_it_goes(tmp_path):
+    p = tmp_path / "dpo.yaml"
+    p.write_text("model: {name: tiny-random}\ndata: {path: data/pref_train.jsonl}\nbeta: 0.2\n")
+    with pytest.raises(RecipeError, match=r"dpo.yaml line 3: beta: unknown key. Fix: a stage config holds its "
+                       r"knobs under `options:`; move it there \(options.beta\)"):
+        load_yaml_model(p, DPOStageConfig)
 
 
 def test_flow_parameter_schema_forbids_unknown_keys():

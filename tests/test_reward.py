@@ -23,9 +23,12 @@ def pairs(path: Path, n: int, soft: list[float] | None = None) -> Path:
     return path
 
 
-def config(data: Path, **kw) -> RewardStageConfig:
-    kw.setdefault("train", {"learning_rate": 1e-3, "batch_size": 8, "epochs": 2, "max_length": 128, "logging_steps": 1})
-    return RewardStageConfig(model={"name": "tiny-random"}, data={"path": str(data)}, adapter={"mode": "full"}, **kw)
+def config(data: Path, **options) -> RewardStageConfig:
+    """A reward config on `data`; keyword arguments are RewardOptions."""
+    options.setdefault("train", {"learning_rate": 1e-3, "batch_size": 8, "epochs": 2, "max_length": 128,
+                                 "logging_steps": 1})
+    return RewardStageConfig(model={"name": "tiny-random"}, data={"path": str(data)},
+                             options={"adapter": {"mode": "full"}, **options})
 
 
 def test_reward_model_learns_and_reports(store, tmp_path):

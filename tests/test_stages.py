@@ -12,7 +12,7 @@ from alignment.config import DataSpec, ModelSpec, RespondStageConfig
 from alignment.data import DataError
 from alignment.models import resolve_model_path
 from alignment.stages import dpo, respond, sft
-from flows.sft_to_dpo import training_configs
+from flows.sft_to_dpo import SftToDpoConfigs
 
 
 def weights(path) -> dict[str, torch.Tensor]:
@@ -26,8 +26,8 @@ def trained(tiny_recipe, tmp_path_factory):
 
     os.environ["ALIGNMENT_STORE"] = str(tmp_path_factory.mktemp("stages") / "store")
     try:
-        s = sft.run(training_configs(tiny_recipe)["sft"])
-        d = dpo.run(training_configs(tiny_recipe, tiny_recipe.model.model_copy(update={"name": s.path}))["dpo"])
+        s = sft.run(SftToDpoConfigs(tiny_recipe).sft())
+        d = dpo.run(SftToDpoConfigs(tiny_recipe).dpo(tiny_recipe.model.model_copy(update={"name": s.path})))
         yield s, d
     finally:
         os.environ.pop("ALIGNMENT_STORE")
@@ -68,8 +68,9 @@ def test_dpo_moves_the_policy_and_reports_heldout_accuracy(trained):
 
 def test_dpo_without_heldout_pairs_reports_its_headline_as_not_computed(trained, tiny_recipe, store):
     s, _ = trained
-    cfg = training_configs(tiny_recipe, tiny_recipe.model.model_copy(update={"name": s.path}))["dpo"]
-    cfg = cfg.model_copy(update={"eval_data": None, "train": cfg.train.model_copy(update={"max_steps": 1})})
+    cfg = SftToDpoConfigs(tiny_recipe).dpo(tiny_recipe.model.model_copy(update={"name": s.path}))
+    one_step = cfg.options.model_copy(update={"train": cfg.options.train.model_copy(update={"max_steps": 1})})
+    cfg = cfg.model_copy(update={"eval_data": None, "options": one_step})
     m = dpo.run(cfg).metrics
     assert all(m[k] is None for k in dpo.SPEC.headline if k != "train_seconds") and m["train_seconds"] > 0
 
@@ -80,12 +81,12 @@ def test_second_run_reuses_the_artifact(trained, tiny_recipe, monkeypatch):
     import alignment.stages.sft as mod
 
     monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not train again"))
-    again = sft.run(training_configs(tiny_recipe)["sft"])
+    again = sft.run(SftToDpoConfigs(tiny_recipe).sft())
     assert again.reused and again.key == s.key and again.metrics == s.metrics
 
 
 def test_training_is_deterministic_for_a_seed(tiny_recipe, store):
-    cfg = training_configs(tiny_recipe)["sft"]
+    cfg = SftToDpoConfigs(tiny_recipe).sft()
     one = sft.run(cfg)
     two = sft.run(cfg.model_copy(update={"refresh_token": "again"}))
     assert one.key != two.key
@@ -98,7 +99,7 @@ def test_bad_preference_data_fails_before_anything_is_written(tiny_recipe, store
     import alignment.stages.dpo as mod
 
     monkeypatch.setattr(mod, "train", lambda *a, **k: pytest.fail("must not load or train"))
-    cfg = training_configs(tiny_recipe)["dpo"].model_copy(update={"data": DataSpec(path=str(bad))})
+    cfg = SftToDpoConfigs(tiny_recipe).dpo().model_copy(update={"data": DataSpec(path=str(bad))})
     with pytest.raises(DataError, match=r"prefs\.jsonl line 2: preference row is missing 'rejected'"):
         dpo.run(cfg)
     assert not store.root.exists() or not any(p for p in store.root.rglob("*") if p.is_file())

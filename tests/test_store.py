@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def config(**train) -> SFTStageConfig:
     return SFTStageConfig(model=ModelSpec(name="tiny-random"), data=DataSpec(path="data/sft_train.jsonl", max_rows=8),
-                          train={"max_steps": 2, "batch_size": 4, "max_length": 96, **train})
+                          options={"train": {"max_steps": 2, "batch_size": 4, "max_length": 96, **train}})
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ each field once through ``Field(description=...)``; the same models are the Pref
 the server validates ``--param`` overrides against the same rules.
 
 Modules: ``base`` (building blocks), ``stages`` (stage configs; its docstring explains the
-Options / Section / StageConfig naming), ``rl`` (reward sources, PPO/GRPO/RLOO), ``recipes`` (one per
-flow), ``loader`` (YAML files → these models, with located errors). Every model is importable from
+Options / Section / StageConfig naming: a stage config holds one options object), ``rl`` (reward
+sources, PPO/GRPO/RLOO), ``recipes`` (one per flow), ``loader`` (YAML files → these models, with located errors). Every model is importable from
 ``alignment.config``.
 """
 
@@ -25,9 +25,11 @@ from alignment.config.base import (  # noqa: F401
     JudgeSpec,
     LaunchSpec,
     ModelSpec,
+    Options,
     PairwiseJudgeSpec,
     StageConfig,
     Strict,
+    TrainingOptions,
     TrainSpec,
 )
 from alignment.config.recipes import (  # noqa: F401
@@ -45,7 +47,6 @@ from alignment.config.recipes import (  # noqa: F401
 from alignment.config.rl import (  # noqa: F401
     GroupRLOptions,
     GRPOStageConfig,
-    PairsOptions,
     PairsStageConfig,
     PPOOptions,
     PPOStageConfig,

@@ -1,7 +1,7 @@
 """Building blocks every config shares: models, adapters, data, training, generation, engines, judges."""
 
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -105,6 +105,30 @@ class LaunchSpec(Strict):
         "zero3-offload, fsdp, two-node) or your own. Unset with num_processes > 1: alignment/launch_profiles/ddp.yaml.")
     num_processes: int | None = Field(None, ge=1, le=4096, description="Processes in all, over every machine "
                                       "(overrides the file's num_processes); more than 1 launches the stage.")
+
+
+class Options(Strict):
+    """The knobs of one stage, whatever data it is given: what a stage config holds as `options` (by
+    composition: the config holds its model, its data and one options object), and what a recipe section
+    is made of (a section is its stage's options, plus its data where the recipe names the data)."""
+
+    @classmethod
+    def of(cls, section: Strict, launch: LaunchSpec | None = None) -> Self:
+        """The options part of a recipe `section` (its options class or a subclass that adds data); an
+        unset `launch` takes `launch` (the recipe's)."""
+        fields = {name: getattr(section, name) for name in cls.model_fields}
+        if "launch" in fields and fields["launch"] is None:
+            fields["launch"] = launch
+        return cls(**fields)
+
+
+class TrainingOptions(Options):
+    """What every training stage has: how it optimises, its adapter, and how it launches."""
+
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
+                                      "`launch`, else one process.")
 
 
 class GenerationSpec(Strict):

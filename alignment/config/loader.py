@@ -68,6 +68,9 @@ def describe(exc: ValidationError, model: type[BaseModel], source: str, root: ya
         if err["type"] == "extra_forbidden":
             parent = _field_help_parent(model, loc[:-1])
             fix = f"remove it or use one of: {', '.join(parent)}" if parent else "remove it"
+            if "options" in parent and str(loc[-1]) in _field_help_parent(model, (*loc[:-1], "options")):
+                fix = (f"a stage config holds its knobs under `options:`; move it there "
+                       f"({'.'.join(str(p) for p in (*loc[:-1], 'options', loc[-1]))})")
             lines.append(f"{where}: {key}: unknown key. Fix: {fix} (check for a typo)")
             continue
         value = err.get("input")

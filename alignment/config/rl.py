@@ -6,16 +6,15 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from alignment.config.base import (
-    AdapterSpec,
     DataSpec,
     EngineKind,
     EngineSpec,
     GenerationSpec,
     JudgeSpec,
-    LaunchSpec,
     ModelSpec,
     StageConfig,
     Strict,
+    TrainingOptions,
     TrainSpec,
 )
 
@@ -56,14 +55,13 @@ def _rollout_default() -> GenerationSpec:
     return GenerationSpec(temperature=1.0, max_new_tokens=48)
 
 
-class PPOOptions(Strict):
+class PPOOptions(TrainingOptions):
     """Our PPO (TRL 1.16 has none): policy with a value head, per-token KL penalty to the reference, GAE."""
 
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5, batch_size=8, checkpoint_every=5),
                              description="learning_rate, batch_size (the minibatch), grad_accum, max_length, "
                              "weight_decay, warmup_ratio, lr_scheduler, seed, checkpoint_every (in iterations) and "
                              "report_to apply; epochs/max_steps do not (see iterations).")
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     iterations: int = Field(20, ge=1, description="Rollout → update iterations.")
     rollout_batch: int = Field(16, ge=1, description="Prompts (one response each) per iteration.")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
@@ -101,15 +99,12 @@ class PPOOptions(Strict):
     engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
                                description="Rollout engine: `hf` generates with the live policy; `vllm` "
                                "loads the policy's new weights every iteration.")
-    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
-                                      "`launch`, else one process.")
 
 
-class GroupRLOptions(Strict):
+class GroupRLOptions(TrainingOptions):
     """TRL `GRPOTrainer` / `RLOOTrainer`: several sampled responses per prompt, advantages within the group."""
 
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5, batch_size=8, max_steps=20))
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     num_generations: int = Field(4, ge=2, description="Responses per prompt (the group).")
     beta: float = Field(0.04, ge=0, description="KL penalty to the reference (0 loads no reference).")
     epsilon: float = Field(0.2, gt=0, description="Ratio clip.")
@@ -117,8 +112,6 @@ class GroupRLOptions(Strict):
     rollout: GenerationSpec = Field(default_factory=_rollout_default, description="Sampling of the group.")
     engine: EngineSpec = Field(default_factory=lambda: EngineSpec(kind=EngineKind.hf),
                                description="`hf` (transformers) or `vllm` (TRL's colocated vLLM).")
-    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
-                                      "`launch`, else one process.")
 
     @model_validator(mode="after")
     def _batch_holds_groups(self) -> "GroupRLOptions":
@@ -147,29 +140,31 @@ class RLStageConfig(StageConfig):
     reward: RewardSources = Field(..., description="Reward model, rule and/or judge.")
 
 
-class PPOStageConfig(RLStageConfig, PPOOptions):
+class PPOStageConfig(RLStageConfig):
     """Everything `alignment.stages.ppo.run` needs; `model` is the policy start and the reference."""
 
+    options: PPOOptions = Field(default_factory=PPOOptions)
 
-class GRPOStageConfig(RLStageConfig, GroupRLOptions):
+
+class GRPOStageConfig(RLStageConfig):
     """Everything `alignment.stages.grpo.run` needs."""
 
+    options: GroupRLOptions = Field(default_factory=GroupRLOptions)
 
-class RLOOStageConfig(RLStageConfig, GroupRLOptions):
+
+class RLOOStageConfig(RLStageConfig):
     """Everything `alignment.stages.rloo.run` needs."""
 
+    options: GroupRLOptions = Field(default_factory=lambda: GroupRLOptions(beta=0.05))
 
-class PairsOptions(Strict):
+
+class PairsStageConfig(StageConfig):
     """On-policy preference pairs (iterative / online DPO): every sampled response is scored by the reward
-    sources; per prompt, the best-scored response is `chosen` and the worst `rejected`."""
+    sources; per prompt, the best-scored response is `chosen` and the worst `rejected`. Everything
+    `alignment.stages.pairs.run` reads; `samples` has two or more responses per prompt."""
 
+    samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
     reward: RewardSources = Field(..., description="What scores the responses: a reward model, a rule, a judge "
                                   "(P(Yes) to its question), or a weighted sum of them.")
     min_margin: float = Field(0.0, ge=0, description="Keep a prompt's pair only when best − worst score is at "
                               "least this (reward units): near-ties teach DPO noise.")
-
-
-class PairsStageConfig(StageConfig, PairsOptions):
-    """Everything `alignment.stages.pairs.run` reads; `samples` has two or more responses per prompt."""
-
-    samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")

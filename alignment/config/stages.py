@@ -1,10 +1,12 @@
 """Stage configs of the supervised, preference, answering, evaluation and Constitutional AI stages.
 
-Naming: ``XOptions`` are the knobs of stage X whatever data it is given (a recipe section where the flow
-supplies the data, e.g. constitutional-ai's `sft`); ``XSection`` is a recipe section that also names the
-data (``XOptions`` + data, e.g. sft-to-dpo's `sft`); ``XStageConfig`` is exactly what
-``alignment.stages.x.run`` reads: a section plus the start model and upstream artifacts, built by the
-flows (or written by hand for ``alignment stage X --config``).
+Naming: ``XOptions`` are the knobs of stage X whatever data it is given, each defined once (a recipe
+section where the flow supplies the data, e.g. constitutional-ai's `sft`); ``XSection`` is a recipe
+section that also names the data (``XOptions`` + data, e.g. sft-to-dpo's `sft`: the recipe stays flat);
+``XStageConfig`` is exactly what ``alignment.stages.x.run`` reads, by composition: the start model, the
+data and upstream artifacts, and one ``options: XOptions``. The flows build stage configs with their
+typed builder (``Configs`` in each flow module, ``XOptions.of(section, recipe.launch)``); a config can
+also be written by hand for ``alignment stage X --config`` (knobs under ``options:``).
 """
 
 import re
@@ -14,7 +16,6 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from alignment.config.base import (
-    AdapterSpec,
     ArtifactRef,
     ConstitutionSpec,
     DataSpec,
@@ -22,26 +23,22 @@ from alignment.config.base import (
     EngineSpec,
     GenerationSpec,
     JudgeSpec,
-    LaunchSpec,
     ModelSpec,
+    Options,
     PairwiseJudgeSpec,
     StageConfig,
-    Strict,
+    TrainingOptions,
     TrainSpec,
 )
 
 
-class SFTOptions(Strict):
+class SFTOptions(TrainingOptions):
     """How SFT trains (TRL `SFTTrainer`), whatever data it is given."""
 
-    train: TrainSpec = Field(default_factory=TrainSpec)
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     assistant_only_loss: bool = Field(True, description="Train only on completion/assistant tokens.")
     mix_data: DataSpec | None = Field(None, description="Extra SFT data mixed in (e.g. helpful data next to "
                                       "Constitutional AI revisions, so helpfulness is kept).")
     mix_ratio: float = Field(0.5, ge=0, lt=1, description="Share of training rows drawn from mix_data.")
-    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
-                                      "`launch`, else one process.")
 
 
 class SFTSection(SFTOptions):
@@ -61,18 +58,15 @@ class DPOLoss(StrEnum):
     apo_down = "apo_down"
 
 
-class DPOOptions(Strict):
+class DPOOptions(TrainingOptions):
     """How DPO trains (TRL `DPOTrainer`), whatever pairs it is given."""
 
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=5e-5))
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     beta: float = Field(0.1, gt=0, description="KL strength of DPO (higher stays closer to the reference).")
     loss_type: DPOLoss = Field(DPOLoss.sigmoid, description="DPO loss variant (TRL `loss_type`).")
     precompute_ref_log_probs: bool = Field(
         False, description="Compute the reference's log-probs once before training (TRL): no reference forward "
         "in the loop, a longer start; worth it for long runs on GPUs.")
-    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
-                                      "`launch`, else one process.")
 
 
 class DPOSection(DPOOptions):
@@ -82,13 +76,15 @@ class DPOSection(DPOOptions):
     eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
 
 
-class SFTStageConfig(StageConfig, SFTSection):
+class SFTStageConfig(StageConfig):
     """Everything `alignment.stages.sft.run` reads."""
 
     model: ModelSpec = Field(default_factory=ModelSpec, description="The model to fine-tune.")
+    data: DataSpec = Field(..., description="Instruction data: `messages` or `prompt`/`completion` rows.")
+    options: SFTOptions = Field(default_factory=SFTOptions)
 
 
-class DPOStageConfig(StageConfig, DPOSection):
+class DPOStageConfig(StageConfig):
     """Everything `alignment.stages.dpo.run` reads. `model` is the policy start (and the reference, unless
     `reference` names another model)."""
 
@@ -96,6 +92,9 @@ class DPOStageConfig(StageConfig, DPOSection):
     reference: ModelSpec | None = Field(
         None, description="The reference of the DPO loss when it is not the start model: iterative DPO with a "
         "fixed reference starts round n from round n−1's policy but keeps the first round's start as reference.")
+    data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` or HH-RLHF text.")
+    eval_data: DataSpec | None = Field(None, description="Held-out pairs for preference accuracy.")
+    options: DPOOptions = Field(default_factory=DPOOptions)
 
 
 SET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -160,7 +159,7 @@ class GenerateStageConfig(StageConfig):
         return self
 
 
-class CritiqueReviseOptions(Strict):
+class CritiqueReviseOptions(Options):
     """SL-CAI: rounds of critique → revision, one principle sampled per prompt and round (seeded)."""
 
     rounds: int = Field(2, ge=1, le=8, description="Critique → revision rounds per prompt.")
@@ -169,16 +168,17 @@ class CritiqueReviseOptions(Strict):
     engine: EngineSpec = Field(default_factory=EngineSpec)
 
 
-class CritiqueReviseStageConfig(StageConfig, CritiqueReviseOptions):
+class CritiqueReviseStageConfig(StageConfig):
     """Everything `alignment.stages.critique_revise.run` reads; `model` writes critiques and revisions."""
 
     model: ModelSpec = Field(default_factory=ModelSpec)
     constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     initial: DataSpec = Field(..., description="Initial responses: prompt/completion rows (the generate stage).")
     generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Critique and revision sampling.")
+    options: CritiqueReviseOptions = Field(default_factory=CritiqueReviseOptions)
 
 
-class FeedbackOptions(Strict):
+class FeedbackOptions(Options):
     """RL-CAI: a feedback model labels response pairs by multiple choice over sampled principles."""
 
     judge: JudgeSpec = Field(default_factory=JudgeSpec)
@@ -190,18 +190,18 @@ class FeedbackOptions(Strict):
     seed: int = Field(0, description="Seed for principle and example sampling.")
 
 
-class FeedbackStageConfig(StageConfig, FeedbackOptions):
+class FeedbackStageConfig(StageConfig):
     """Everything `alignment.stages.feedback.run` reads; `samples` has two or more responses per prompt."""
 
     constitution: ConstitutionSpec = Field(default_factory=ConstitutionSpec)
     samples: DataSpec = Field(..., description="prompt/completion rows, several per prompt (generate, num_samples>1).")
+    options: FeedbackOptions = Field(default_factory=FeedbackOptions)
 
 
-class RewardOptions(Strict):
+class RewardOptions(TrainingOptions):
     """How the reward model trains (TRL `RewardTrainer`, Bradley–Terry), whatever pairs it is given."""
 
     train: TrainSpec = Field(default_factory=lambda: TrainSpec(learning_rate=1e-4))
-    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     targets: Literal["auto", "hard", "soft"] = Field(
         "auto", description="`hard`: chosen beats rejected (Bradley–Terry). `soft`: each row's `soft_label` "
         "(P(chosen is better), e.g. from the constitutional-ai feedback stage) is the target of a "
@@ -211,8 +211,6 @@ class RewardOptions(Strict):
         "rewards stay near 0 and PPO's KL penalty keeps its meaning; null turns it off.")
     heldout_fraction: float = Field(
         0.1, ge=0, lt=1, description="Without eval_data: share of `data` held out (seeded) for accuracy.")
-    launch: LaunchSpec | None = Field(None, description="Processes and accelerate config; unset: the recipe's "
-                                      "`launch`, else one process.")
 
 
 class RewardSection(RewardOptions):
@@ -223,7 +221,11 @@ class RewardSection(RewardOptions):
     eval_data: DataSpec | None = Field(None, description="Held-out pairs; unset holds out `heldout_fraction` of data.")
 
 
-class RewardStageConfig(StageConfig, RewardSection):
+class RewardStageConfig(StageConfig):
     """Everything `alignment.stages.reward.run` reads; `model` is the base the reward model starts from."""
 
     model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(..., description="Preference pairs: `prompt`/`chosen`/`rejected` (optionally "
+                           "`soft_label`) or HH-RLHF text.")
+    eval_data: DataSpec | None = Field(None, description="Held-out pairs; unset holds out `heldout_fraction` of data.")
+    options: RewardOptions = Field(default_factory=RewardOptions)

@@ -100,28 +100,28 @@ def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, 
 
     Config, Trainer = trainer_classes(algorithm)
     tok = load_tokenizer(config.model)
-    policy = load_model(config.model, config.adapter)
-    lora = peft_config(config.adapter)
+    policy = load_model(config.model, config.options.adapter)
+    lora = peft_config(config.options.adapter)
     reward_fn = RewardFunction.load(config.reward)
     try:
         if torch.cuda.is_available():
             policy.to("cuda")
         prompts = inputs.prompts
-        kwargs = trainer_kwargs(config.train, checkpoints, len(prompts) * config.num_generations, run_name)
+        kwargs = trainer_kwargs(config.options.train, checkpoints, len(prompts) * config.options.num_generations, run_name)
         fields = {f.name for f in dataclasses.fields(Config)}
         kwargs = {k: v for k, v in kwargs.items() if k in fields}
-        use_vllm = config.engine.kind is EngineKind.vllm
+        use_vllm = config.options.engine.kind is EngineKind.vllm
         extra = {}
         if use_vllm:
             from alignment.generation.vllm_engine import memory_share
 
-            extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.engine.max_model_len,
+            extra = {"vllm_mode": "colocate", "vllm_max_model_length": config.options.engine.max_model_len,
                      # on a GPU TRL's 0.3 (training shares the card); on CPU our share of system memory
-                     "vllm_gpu_memory_utilization": config.engine.gpu_memory_utilization
-                     or (0.3 if torch.cuda.is_available() else memory_share(config.engine))}
-        args = Config(**kwargs, num_generations=config.num_generations, beta=config.beta, epsilon=config.epsilon,
-                      num_iterations=config.num_iterations, max_completion_length=config.rollout.max_new_tokens,
-                      temperature=config.rollout.temperature, top_p=config.rollout.top_p, use_vllm=use_vllm,
+                     "vllm_gpu_memory_utilization": config.options.engine.gpu_memory_utilization
+                     or (0.3 if torch.cuda.is_available() else memory_share(config.options.engine))}
+        args = Config(**kwargs, num_generations=config.options.num_generations, beta=config.options.beta, epsilon=config.options.epsilon,
+                      num_iterations=config.options.num_iterations, max_completion_length=config.options.rollout.max_new_tokens,
+                      temperature=config.options.rollout.temperature, top_p=config.options.rollout.top_p, use_vllm=use_vllm,
                       disable_dropout=True, **extra)
         env = _DistributedEnv() if use_vllm else contextlib.nullcontext()
         with env:
@@ -129,9 +129,9 @@ def train_group(out: Path, config, inputs: RLInputs, progress: Progress | None, 
                                                        progress, use_vllm, checkpoints)
         write_curves(out, history)
         metrics: dict[str, Any] = {
-            "algorithm": algorithm.value, "steps": result.global_step, "num_generations": config.num_generations,
-            "beta": config.beta, "train_seconds": result.metrics.get("train_runtime"),
-            "adapter_mode": config.adapter.mode.value, "rollout_engine": "vllm" if use_vllm else "hf",
+            "algorithm": algorithm.value, "steps": result.global_step, "num_generations": config.options.num_generations,
+            "beta": config.options.beta, "train_seconds": result.metrics.get("train_runtime"),
+            "adapter_mode": config.options.adapter.mode.value, "rollout_engine": "vllm" if use_vllm else "hf",
             "train_reward_first3": mean_of(history, "reward", last=False),
             "train_reward_last3": mean_of(history, "reward", last=True), "train_kl_last3": mean_of(history, "kl", last=True),
             "entropy_last3": mean_of(history, "entropy", last=True),

@@ -73,28 +73,28 @@ class PPOLoop:
         launch.init_cpu_state()
         self.accelerator = Accelerator(log_with=list(trackers) or None,
                                        project_dir=str(tracker_dir(run_name or "ppo")) if trackers else None,
-                                       gradient_accumulation_steps=config.train.grad_accum)
+                                       gradient_accumulation_steps=config.options.train.grad_accum)
         if trackers:
             self.accelerator.init_trackers("alignment-ppo", config=_flat(config.model_dump(mode="json")),
                                            init_kwargs={t: {"name": run_name} for t in ("wandb", "trackio") if run_name})
         launch.check_world(self.accelerator.num_processes)
         _deepspeed_settings(self.accelerator, config)
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.options.train.seed)
         hidden = policy.config.get_text_config().hidden_size
         model = PolicyAndValue(policy, ValueHead(hidden).to(next(policy.parameters()).device))
         head = list(model.value_head.parameters())
         trunk = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("value_head.")]
-        opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": config.value_learning_rate
-                                                     or config.train.learning_rate}],
-                                lr=config.train.learning_rate, weight_decay=config.train.weight_decay)
-        updates = config.iterations * config.ppo_epochs * math.ceil(
-            config.rollout_batch / (config.train.batch_size * config.train.grad_accum))
-        sched = get_scheduler(config.train.lr_scheduler, opt, num_warmup_steps=round(config.train.warmup_ratio * updates),
+        opt = torch.optim.AdamW([{"params": trunk}, {"params": head, "lr": config.options.value_learning_rate
+                                                     or config.options.train.learning_rate}],
+                                lr=config.options.train.learning_rate, weight_decay=config.options.train.weight_decay)
+        updates = config.options.iterations * config.options.ppo_epochs * math.ceil(
+            config.options.rollout_batch / (config.options.train.batch_size * config.options.train.grad_accum))
+        sched = get_scheduler(config.options.train.lr_scheduler, opt, num_warmup_steps=round(config.options.train.warmup_ratio * updates),
                               num_training_steps=updates)
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(model, opt, sched)
         self.ref_model = _prepare_reference(ref_model, self.accelerator)
         self.engine, self.progress = engine, progress
-        self.kl = pm.KLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        self.kl = pm.KLController(config.options.kl_coef, config.options.kl_target, config.options.kl_horizon)
         self.moments = pm.RunningMoments()  # of the scores, for `reward_norm`
         self.iteration = 0
         self.history: list[dict[str, Any]] = []
@@ -108,18 +108,18 @@ class PPOLoop:
     # -- rollout ---------------------------------------------------------------------------------
     def _prompt_batch(self, iteration: int) -> list[Chat]:
         """Prompts of `iteration`: consecutive slices of seeded shuffles of the prompt set (one per pass)."""
-        n, k = len(self.prompts), self.config.rollout_batch
+        n, k = len(self.prompts), self.config.options.rollout_batch
         out: list[Chat] = []
         start = iteration * k
         while len(out) < k:
             epoch, offset = divmod(start + len(out), n)
             order = list(range(n))
-            random.Random(_rng_seed(self.config.train.seed, epoch, 1)).shuffle(order)
+            random.Random(_rng_seed(self.config.options.train.seed, epoch, 1)).shuffle(order)
             out += [self.prompts[i] for i in order[offset : offset + k - len(out)]]
         return out
 
     def _generate(self, chats: list[Chat], seed: int):
-        spec = self.config.rollout.model_copy(update={"seed": seed, "batch_size": max(self.config.rollout.batch_size,
+        spec = self.config.options.rollout.model_copy(update={"seed": seed, "batch_size": max(self.config.options.rollout.batch_size,
                                                                                       len(chats))})
         if self.engine is not None:  # vLLM: load the current weights first
             self.engine.load_weights(policy_weights(self.policy))
@@ -135,7 +135,7 @@ class PPOLoop:
     def rollout(self, iteration: int) -> Batch:
         acc = self.accelerator  # several processes: each takes its share of the prompts
         chats = self._prompt_batch(iteration)[acc.process_index :: acc.num_processes]
-        completions = self._generate(chats, _rng_seed(self.config.train.seed, iteration, 2))
+        completions = self._generate(chats, _rng_seed(self.config.options.train.seed, iteration, 2))
         eos = self.tok.eos_token_id
         ended = [bool(c.token_ids) and c.token_ids[-1] == eos for c in completions]
         responses = [c.token_ids or [eos] for c in completions]
@@ -143,8 +143,8 @@ class PPOLoop:
         texts = [c.text for c in completions]
         total, terms = self.reward_fn(chats, texts)
         scores = torch.tensor(total, dtype=torch.float32, device=ids.device)
-        if self.config.missing_eos_penalty is not None:
-            scores = scores - self.config.missing_eos_penalty * (~torch.tensor(ended, device=ids.device)).float()
+        if self.config.options.missing_eos_penalty is not None:
+            scores = scores - self.config.options.missing_eos_penalty * (~torch.tensor(ended, device=ids.device)).float()
         return Batch(chats, texts, ids, attn, resp, mask, scores, terms, ended)
 
     # -- one iteration ---------------------------------------------------------------------------
@@ -159,43 +159,43 @@ class PPOLoop:
 
     def step(self) -> dict[str, Any]:
         cfg, it = self.config, self.iteration
-        torch.manual_seed(_rng_seed(cfg.train.seed, it, 0))
+        torch.manual_seed(_rng_seed(cfg.options.train.seed, it, 0))
         t0 = time.time()
         b = self.rollout(it)
         t_rollout = time.time() - t0
         T, mask = b.mask.shape[1], b.mask
         self.model.eval()
         with torch.no_grad():
-            old = self.model(b.input_ids, b.attention_mask, T, cfg.rollout.temperature, with_entropy=True)
+            old = self.model(b.input_ids, b.attention_mask, T, cfg.options.rollout.temperature, with_entropy=True)
             ref_logp = reference_logp(self.policy, self.ref_model, b.input_ids, b.attention_mask, T,
-                                      cfg.rollout.temperature)
-            kl = pm.kl_per_token(old["logp"], ref_logp, cfg.kl_estimator) * mask
-            scores = self._normalised(b.scores) if cfg.reward_norm else b.scores
+                                      cfg.options.rollout.temperature)
+            kl = pm.kl_per_token(old["logp"], ref_logp, cfg.options.kl_estimator) * mask
+            scores = self._normalised(b.scores) if cfg.options.reward_norm else b.scores
             rewards = pm.token_rewards(scores, kl, mask, self.kl.coef)
-            if cfg.whiten_rewards:
+            if cfg.options.whiten_rewards:
                 rewards = pm.masked_whiten(rewards, mask, shift_mean=False)
-            adv, returns = pm.gae(rewards, old["values"], mask, cfg.gamma, cfg.lam)
+            adv, returns = pm.gae(rewards, old["values"], mask, cfg.options.gamma, cfg.options.lam)
             adv = pm.masked_whiten(adv, mask)
         stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clipfrac", "value_clipfrac",
                                                          "approx_kl")}
-        B, mb = len(b.texts), cfg.train.batch_size
-        warmup = it < min(cfg.critic_warmup, cfg.iterations - 1)  # the critic alone; the policy always trains after
-        gen = torch.Generator().manual_seed(_rng_seed(cfg.train.seed, it, 3))
-        for _ in range(cfg.ppo_epochs):
+        B, mb = len(b.texts), cfg.options.train.batch_size
+        warmup = it < min(cfg.options.critic_warmup, cfg.options.iterations - 1)  # the critic alone; the policy always trains after
+        gen = torch.Generator().manual_seed(_rng_seed(cfg.options.train.seed, it, 3))
+        for _ in range(cfg.options.ppo_epochs):
             order = torch.randperm(B, generator=gen).tolist()
             for idx in (order[i : i + mb] for i in range(0, B, mb)):
                 i = torch.tensor(idx, device=mask.device)
                 with self.accelerator.accumulate(self.model):  # steps every `grad_accum` minibatches
-                    new = self.model(b.input_ids[i], b.attention_mask[i], T, cfg.rollout.temperature,
+                    new = self.model(b.input_ids[i], b.attention_mask[i], T, cfg.options.rollout.temperature,
                                      value_trunk_grad=not warmup)
-                    pl, ps = pm.policy_loss(new["logp"], old["logp"][i], adv[i], mask[i], cfg.cliprange)
-                    vl, vs = pm.value_loss(new["values"], old["values"][i], returns[i], mask[i], cfg.cliprange_value)
+                    pl, ps = pm.policy_loss(new["logp"], old["logp"][i], adv[i], mask[i], cfg.options.cliprange)
+                    vl, vs = pm.value_loss(new["values"], old["values"][i], returns[i], mask[i], cfg.options.cliprange_value)
                     if warmup:  # no step for the trunk, weight decay included; set before backward, inside
                         self.optimizer.param_groups[0]["lr"] = 0.0  # which DeepSpeed steps (the scheduler resets it)
                     # warm-up: the policy's gradient is zero (kept in the graph: DDP expects every parameter)
-                    self.accelerator.backward((0.0 if warmup else 1.0) * pl + cfg.vf_coef * vl)
+                    self.accelerator.backward((0.0 if warmup else 1.0) * pl + cfg.options.vf_coef * vl)
                     if self.accelerator.sync_gradients:
-                        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                        self.accelerator.clip_grad_norm_(self.model.parameters(), cfg.options.max_grad_norm)
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
@@ -219,7 +219,7 @@ class PPOLoop:
         }
         self.history.append(row)
         self.accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=it + 1)
-        if (it + 1) % cfg.sample_every == 0 or it == 0:
+        if (it + 1) % cfg.options.sample_every == 0 or it == 0:
             from alignment.data import prompt_texts
 
             qs = prompt_texts([{"prompt": c} for c in b.chats])
@@ -232,12 +232,12 @@ class PPOLoop:
         """Run the remaining iterations (after a resume, from where the checkpoint left off); `stop_after`
         ends early after that many iterations in total (used to test resuming)."""
         cfg = self.config
-        end = min(cfg.iterations, stop_after) if stop_after else cfg.iterations
+        end = min(cfg.options.iterations, stop_after) if stop_after else cfg.options.iterations
         while self.iteration < end:
             row = self.step()
             if self.progress:
-                self.progress(self.iteration / cfg.iterations, {"score": row["score"], "kl": row["kl"]})
-            if checkpoint_dir is not None and (self.iteration % cfg.train.checkpoint_every == 0 or self.iteration == end):
+                self.progress(self.iteration / cfg.options.iterations, {"score": row["score"], "kl": row["kl"]})
+            if checkpoint_dir is not None and (self.iteration % cfg.options.train.checkpoint_every == 0 or self.iteration == end):
                 self.save_checkpoint(checkpoint_dir)
         return self.history
 
@@ -276,7 +276,7 @@ class PPOLoop:
                                                       "history": self.history, "samples": self.samples}))
             shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
-            for old in sorted(root.glob("iter-*"))[: -self.config.train.keep_checkpoints]:
+            for old in sorted(root.glob("iter-*"))[: -self.config.options.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         self.accelerator.wait_for_everyone()
         return final
@@ -317,10 +317,10 @@ def _deepspeed_settings(accelerator, config: PPOStageConfig) -> None:
     plugin = getattr(accelerator.state, "deepspeed_plugin", None)
     if plugin is not None:
         ds = plugin.deepspeed_config
-        ds["train_micro_batch_size_per_gpu"] = config.train.batch_size
-        ds["gradient_accumulation_steps"] = config.train.grad_accum
-        ds["train_batch_size"] = config.train.batch_size * config.train.grad_accum * accelerator.num_processes
-        ds["gradient_clipping"] = config.max_grad_norm
+        ds["train_micro_batch_size_per_gpu"] = config.options.train.batch_size
+        ds["gradient_accumulation_steps"] = config.options.train.grad_accum
+        ds["train_batch_size"] = config.options.train.batch_size * config.options.train.grad_accum * accelerator.num_processes
+        ds["gradient_clipping"] = config.options.max_grad_norm
 
 
 def _prepare_reference(ref_model, accelerator):

@@ -20,8 +20,8 @@ def validate_rl(config) -> RLInputs:
     from alignment.config import EngineKind
     from alignment.models import resolve_model_path
 
-    training.check_train(config.train)
-    if config.engine.kind is EngineKind.vllm and launch.plan(config.launch).multi_process and not _cuda():
+    training.check_train(config.options.train)
+    if config.options.engine.kind is EngineKind.vllm and launch.plan(config.options.launch).multi_process and not _cuda():
         raise ValueError("engine.kind: 'vllm' with several processes is not supported on a CPU (each process "
                          "would start its own vLLM); use engine.kind: hf, or one process")
     prompts = load_data(config.prompts, "prompts")
@@ -47,20 +47,20 @@ def load_policy(config):
     from alignment.models import load_model, load_tokenizer, peft_config
 
     tok = load_tokenizer(config.model)
-    policy = load_model(config.model, config.adapter)
-    lora = peft_config(config.adapter)
+    policy = load_model(config.model, config.options.adapter)
+    lora = peft_config(config.options.adapter)
     ref = None
     if lora is None:
         ref = load_model(config.model)
         ref.requires_grad_(False)
     else:
         lora.lora_dropout = 0.0  # PPO's ratio must be 1 on the data it was sampled from
-        if config.adapter.mode is AdapterMode.qlora:
+        if config.options.adapter.mode is AdapterMode.qlora:
             from peft import prepare_model_for_kbit_training
 
             policy = prepare_model_for_kbit_training(policy)
         policy = get_peft_model(policy, lora)
-    if config.train.gradient_checkpointing:
+    if config.options.train.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     return policy, ref, tok
 

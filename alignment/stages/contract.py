@@ -47,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -69,8 +69,10 @@ from alignment.config import (
     DataSpec,
     EngineKind,
     EngineSpec,
+    LaunchSpec,
     ModelSpec,
     StageConfig,
+    TrainingOptions,
 )
 from alignment.training import SCRATCH, Progress
 
@@ -186,6 +188,12 @@ def lineage(value: Any, path: str = "") -> dict[str, Any]:
     return out
 
 
+def launch_of(config: StageConfig) -> "LaunchSpec | None | Literal[False]":
+    """A training stage's `options.launch` (None: one process); False for a stage that never launches."""
+    options = getattr(config, "options", None)
+    return options.launch if isinstance(options, TrainingOptions) else False
+
+
 def _drop(tree: dict[str, Any], dotted: str) -> None:
     *parents, leaf = dotted.split(".")
     for p in parents:
@@ -226,8 +234,8 @@ class StageSpec:
             _drop(hashed, dotted)
         out = {"config": hashed, "templates": {t: template_version(t) for t in self.templates_for(config)},
                "device": device_kind(), "code_version": code_version()}
-        if "launch" in type(config).model_fields:  # what of the launch changes the result (alignment.launch)
-            out["launch"] = launch.plan(config.launch).identity()
+        if (spec := launch_of(config)) is not False:  # what of the launch changes the result (alignment.launch)
+            out["launch"] = launch.plan(spec).identity()
         return out
 
     def plan(self, config: StageConfig) -> "Plan":
@@ -252,7 +260,7 @@ class StageSpec:
         if launch.is_child():  # the parent resolved `auto` before freezing the config: keep its record
             what = {**json.loads(os.environ.get(launch.RESOLVED, "{}")), **what}
         resolved = step.resolved
-        plan = launch.plan(resolved.launch) if "launch" in type(resolved).model_fields else launch.LaunchPlan()
+        plan = launch.plan(spec) if (spec := launch_of(resolved)) is not False else launch.LaunchPlan()
         return Job(self, resolved, context, step.identity, step.key, what, plan)
 
     def output(self, result: StageResult | dict[str, Any], name: str) -> Path:

@@ -105,11 +105,11 @@ def revise(out: Path, config: CritiqueReviseStageConfig, inputs: CritiqueInputs,
     initial = list(current)
     example_texts = tuple(t for ex in constitution.critique_examples for t in (ex.critique, ex.revision))
     history: list[list[dict]] = [[] for _ in rows]
-    engine = load_engine(config.model, config.engine)
+    engine = load_engine(config.model, config.options.engine)
     try:
-        for rnd in range(config.rounds):
-            chosen = [sample_principle(principles, config.seed, i, rnd) for i in range(len(rows))]
-            base = [few_shot_turns(constitution, config.few_shot, p, config.seed, i) + list(prompts[i]) +
+        for rnd in range(config.options.rounds):
+            chosen = [sample_principle(principles, config.options.seed, i, rnd) for i in range(len(rows))]
+            base = [few_shot_turns(constitution, config.options.few_shot, p, config.options.seed, i) + list(prompts[i]) +
                     [{"role": "assistant", "content": current[i]}] for i, p in enumerate(chosen)]
             crit_chats = [b + [{"role": "user", "content": render("cai_critique.jinja", request=p.render(
                 "critique", prompt=prompts[i][-1]["content"], response=current[i]))}] for i, (b, p) in enumerate(zip(base, chosen, strict=True))]
@@ -129,7 +129,7 @@ def revise(out: Path, config: CritiqueReviseStageConfig, inputs: CritiqueInputs,
                 if reason is None:
                     current[i] = rev
             if context.progress:
-                context.progress((rnd + 1) / config.rounds, {})
+                context.progress((rnd + 1) / config.options.rounds, {})
     finally:
         engine.close()
     return summarise(out, config, constitution, prompts, initial, current, history)
@@ -157,7 +157,7 @@ def summarise(out: Path, config, constitution: Constitution, prompts, initial, f
                       [{"principle_ids": [r["principle_id"] for r in history[i]],
                         "constitution_hash": constitution.hash} for i in kept_idx])
     (out / SPEC.outputs["principles"]).write_text(json.dumps({k: dict(v) for k, v in sorted(per_principle.items())}, indent=2))
-    return {"prompts": len(prompts), "rounds": config.rounds, "revisions_total": sum(reasons.values()),
+    return {"prompts": len(prompts), "rounds": config.options.rounds, "revisions_total": sum(reasons.values()),
             "revisions_kept": reasons["kept"], "filtered_empty": reasons["empty"],
             "filtered_unchanged": reasons["unchanged"], "filtered_repeated": reasons["repeated"],
             "filtered_copied": reasons["copied"],

@@ -42,10 +42,10 @@ class DPOInputs:
 
 
 def validate(config: DPOStageConfig) -> DPOInputs:
-    training.check_train(config.train)
+    training.check_train(config.options.train)
     pairs = load_data(config.data, "preference")
     return DPOInputs(pairs, load_data(config.eval_data, "preference") if config.eval_data else None,
-                     check_lengths(pairs, config.train.max_length, "train.max_length"))
+                     check_lengths(pairs, config.options.train.max_length, "train.max_length"))
 
 
 def _pairs(data: LoadedData):
@@ -61,19 +61,19 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
 
     data, held_out = inputs.pairs, inputs.held_out
     tok = load_tokenizer(config.model)
-    model = load_model(config.model, config.adapter)
-    peft = peft_config(config.adapter)
+    model = load_model(config.model, config.options.adapter)
+    peft = peft_config(config.options.adapter)
     if config.reference is not None:  # a reference other than the start (iterative DPO, fixed reference)
         ref = load_model(config.reference)
     else:  # LoRA: the start is the policy with its adapter disabled; full FT needs a frozen copy
         ref = None if peft is not None else load_model(config.model)
-    kwargs = trainer_kwargs(config.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo", checkpoints.name))
+    kwargs = trainer_kwargs(config.options.train, checkpoints, len(data.rows), training.run_name(context.run, "dpo", checkpoints.name))
     if held_out:
         # TRL averages metrics over eval batches; equal-sized batches make that the exact per-pair mean.
         n = len(held_out.rows)
-        kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.train.batch_size + 1) if n % d == 0)
-    args = DPOConfig(**kwargs, beta=config.beta, loss_type=[config.loss_type.value],
-                     precompute_ref_log_probs=config.precompute_ref_log_probs)
+        kwargs["per_device_eval_batch_size"] = max(d for d in range(1, config.options.train.batch_size + 1) if n % d == 0)
+    args = DPOConfig(**kwargs, beta=config.options.beta, loss_type=[config.options.loss_type.value],
+                     precompute_ref_log_probs=config.options.precompute_ref_log_probs)
     trainer = training.resumable(DPOTrainer)(
         model=model, ref_model=ref, args=args, train_dataset=_pairs(data),
         eval_dataset=_pairs(held_out) if held_out else None, processing_class=tok, peft_config=peft,
@@ -82,8 +82,8 @@ def train(out: Path, config: DPOStageConfig, inputs: DPOInputs, context: RunCont
     write_curves(out, history)
     metrics: dict[str, Any] = {
         "train_pairs": len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
-        "train_seconds": result.metrics.get("train_runtime"), "beta": config.beta,
-        "loss_type": config.loss_type.value, "adapter_mode": config.adapter.mode.value,
+        "train_seconds": result.metrics.get("train_runtime"), "beta": config.options.beta,
+        "loss_type": config.options.loss_type.value, "adapter_mode": config.options.adapter.mode.value,
         "data_format": data.format.value, "resumed_from_step": resumed, "rows_over_max_length": inputs.over_length,
         "pairs_identical_dropped": data.dropped_identical,
         "heldout_pairs": len(held_out.rows) if held_out else None,

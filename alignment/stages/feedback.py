@@ -107,13 +107,13 @@ def label(config: FeedbackStageConfig, constitution: Constitution, judge: Multip
     for k, ((prompt, a, b), ps) in enumerate(zip(items, principles, strict=True)):
         for p in ps:
             q = p.render("comparison", prompt=prompt[-1]["content"], response="")
-            shots = few_shot_turns(constitution, config.few_shot, p, f"{config.seed}:{k}:{p.id}")
+            shots = few_shot_turns(constitution, config.options.few_shot, p, f"{config.options.seed}:{k}:{p.id}")
             for first, second in ((a, b), (b, a)):
                 asks.append({"prompt": prompt[-1]["content"], "question": q, "options": [first, second],
                              "reasoning": "", "think": False})
                 prefixes.append(shots)
                 index.append(k)
-    if config.chain_of_thought:  # the model writes its reasoning first, then the letters are scored
+    if config.options.chain_of_thought:  # the model writes its reasoning first, then the letters are scored
         chats = [pre + [{"role": "user", "content": render(TEMPLATE, **{**v, "think": True})}]
                  for pre, v in zip(prefixes, asks, strict=True)]
         thoughts = [c.text for c in engine.generate(chats, GenerationSpec(max_new_tokens=COT_TOKENS))]
@@ -122,7 +122,7 @@ def label(config: FeedbackStageConfig, constitution: Constitution, judge: Multip
     out: list[list[float]] = [[] for _ in items]
     for j in range(0, len(probs), 2):
         p = both_orders(probs[j][0], probs[j + 1][0])
-        out[index[j]].append(clamp(p) if config.chain_of_thought else p)
+        out[index[j]].append(clamp(p) if config.options.chain_of_thought else p)
     return out
 
 
@@ -130,9 +130,9 @@ def feedback(out: Path, config: FeedbackStageConfig, inputs: FeedbackInputs, con
     constitution, groups = inputs.constitution, inputs.groups
     pool = constitution.for_feedback()
     items = [(prompt, rs[i], rs[i + 1]) for prompt, rs in groups for i in range(0, len(rs) - 1, 2)]
-    principles = [random.Random(f"{config.seed}:{k}").sample(pool, min(config.principles_per_pair, len(pool)))
+    principles = [random.Random(f"{config.options.seed}:{k}").sample(pool, min(config.options.principles_per_pair, len(pool)))
                   for k in range(len(items))]
-    engine = load_engine(config.judge.model, config.judge.engine)
+    engine = load_engine(config.options.judge.model, config.options.judge.engine)
     try:
         per_principle = label(config, constitution, MultipleChoiceJudge(engine, TEMPLATE), engine, items, principles)
     finally:
@@ -144,7 +144,7 @@ def feedback(out: Path, config: FeedbackStageConfig, inputs: FeedbackInputs, con
                 identical += 1
                 continue
             p = ensemble(labels)
-            if abs(p - 0.5) <= config.min_margin:
+            if abs(p - 0.5) <= config.options.min_margin:
                 dropped += 1
                 continue
             chosen, rejected, soft = (a, b, p) if p >= 0.5 else (b, a, 1 - p)
@@ -152,13 +152,13 @@ def feedback(out: Path, config: FeedbackStageConfig, inputs: FeedbackInputs, con
                                 "rejected": [{"role": "assistant", "content": rejected}], "soft_label": soft,
                                 "labels": dict(zip([q.id for q in ps], labels, strict=True)),
                                 "constitution_hash": constitution.hash,
-                                "template": template_version(TEMPLATE), "few_shot": config.few_shot,
-                                "chain_of_thought": config.chain_of_thought}, ensure_ascii=False) + "\n")
+                                "template": template_version(TEMPLATE), "few_shot": config.options.few_shot,
+                                "chain_of_thought": config.options.chain_of_thought}, ensure_ascii=False) + "\n")
             kept += 1
     softs = [ensemble(labels) for labels in per_principle]
     return {"pairs": len(items), "pairs_kept": kept, "pairs_dropped_margin": dropped, "pairs_identical": identical,
             "mean_abs_margin": sum(abs(s - 0.5) for s in softs) / max(len(softs), 1),
-            "constitution_hash": constitution.hash, "judge_model": config.judge.model.name}
+            "constitution_hash": constitution.hash, "judge_model": config.options.judge.model.name}
 
 
 def run(config: FeedbackStageConfig, context: RunContext | None = None) -> StageResult:

@@ -42,19 +42,19 @@ SPEC = StageSpec(
 
 def rollout_engine(config: PPOStageConfig):
     """None for `hf` (the loop samples with the live policy); a vLLM engine that takes new weights."""
-    if config.engine.kind is EngineKind.hf:
+    if config.options.engine.kind is EngineKind.hf:
         return None
     from alignment import launch
 
-    if launch.plan(config.launch).multi_process:
+    if launch.plan(config.options.launch).multi_process:
         raise ValueError("engine.kind: 'vllm' for PPO rollouts needs one process (each would load its own "
                          "vLLM and its own copy of the weights); use engine.kind: hf with several processes")
-    if config.engine.kind is not EngineKind.vllm:
-        raise ValueError(f"engine.kind: {config.engine.kind.value!r} cannot take the policy's new weights every "
+    if config.options.engine.kind is not EngineKind.vllm:
+        raise ValueError(f"engine.kind: {config.options.engine.kind.value!r} cannot take the policy's new weights every "
                          "iteration; use 'hf' or 'vllm' for PPO rollouts")
     from alignment.generation.vllm_engine import VLLMEngine
 
-    return VLLMEngine.load(config.model, config.engine)
+    return VLLMEngine.load(config.model, config.options.engine)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -80,14 +80,14 @@ def train(out: Path, config: PPOStageConfig, inputs: RLInputs, context: RunConte
             policy.to("cuda")
         engine = rollout_engine(config)
         loop = PPOLoop(config, policy, tok, reward_fn, inputs.prompts, ref_model=ref, engine=engine,
-                       progress=context.progress, trackers=config.train.report_to,
+                       progress=context.progress, trackers=config.options.train.report_to,
                        run_name=training.run_name(context.run, "ppo", checkpoints.name))
         resumed = loop.resume(checkpoints)
         history = loop.train(checkpoints)
         value_head = loop.value_head_state()  # every process: gathered under ZeRO-3
         metrics: dict[str, Any] = {
             "iterations": len(history), "resumed_from_step": int(resumed.name.split("-")[1]) if resumed else 0,
-            "rollouts": len(history) * config.rollout_batch, "train_score_first3": mean_of(history, "score", last=False),
+            "rollouts": len(history) * config.options.rollout_batch, "train_score_first3": mean_of(history, "score", last=False),
             "train_score_last3": mean_of(history, "score", last=True), "train_kl_last3": mean_of(history, "kl", last=True),
             "kl_coef_final": loop.kl.coef, "entropy_last3": mean_of(history, "entropy", last=True),
             "response_length_last3": mean_of(history, "response_length", last=True),

@@ -60,25 +60,25 @@ def _columns(row: dict[str, Any], soft: bool) -> dict[str, Any]:
 
 
 def validate(config: RewardStageConfig) -> RewardInputs:
-    training.check_train(config.train)
+    training.check_train(config.options.train)
     data = load_data(config.data, "preference")
-    check_lengths(data, config.train.max_length, "train.max_length")  # TRL drops them: refused if most are
+    check_lengths(data, config.options.train.max_length, "train.max_length")  # TRL drops them: refused if most are
     with_soft = sum("soft_label" in r for r in data.rows)
-    if config.targets == "soft" and with_soft < len(data.rows):
+    if config.options.targets == "soft" and with_soft < len(data.rows):
         first = next(i for i, r in enumerate(data.rows) if "soft_label" not in r)
         raise DataError(f"{data.source} row {first + 1}: targets is 'soft' but the row has no 'soft_label'; "
                         f"{with_soft} of {len(data.rows)} rows have one. Add it, or use targets: hard")
-    soft = config.targets == "soft" or (config.targets == "auto" and with_soft == len(data.rows))
+    soft = config.options.targets == "soft" or (config.options.targets == "auto" and with_soft == len(data.rows))
     rows = data.rows
     if config.eval_data is not None:
         held_out = load_data(config.eval_data, "preference").rows
-    elif config.heldout_fraction > 0:
+    elif config.options.heldout_fraction > 0:
         order = list(range(len(rows)))
-        random.Random(config.train.seed).shuffle(order)
-        n = max(1, round(config.heldout_fraction * len(rows)))
+        random.Random(config.options.train.seed).shuffle(order)
+        n = max(1, round(config.options.heldout_fraction * len(rows)))
         if n >= len(rows):
             raise DataError(f"{data.source}: {len(rows)} rows leave none for training after holding out "
-                            f"heldout_fraction = {config.heldout_fraction}; add rows or lower it")
+                            f"heldout_fraction = {config.options.heldout_fraction}; add rows or lower it")
         held = set(order[:n])
         held_out = [rows[i] for i in sorted(held)]
         rows = [r for i, r in enumerate(rows) if i not in held]
@@ -184,15 +184,15 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
 
     soft = inputs.soft
     tok = load_tokenizer(config.model)
-    torch.manual_seed(config.train.seed)  # the score head is initialised at random
+    torch.manual_seed(config.options.train.seed)  # the score head is initialised at random
     model = AutoModelForSequenceClassification.from_pretrained(
         resolve_model_path(config.model), num_labels=1, dtype=torch_dtype(config.model), use_safetensors=True,
         trust_remote_code=config.model.trust_remote_code)
     model.config.pad_token_id = tok.pad_token_id
-    lora = peft_config(config.adapter, task_type="SEQ_CLS")
+    lora = peft_config(config.options.adapter, task_type="SEQ_CLS")
     train_rows = [_columns(r, soft) for r in inputs.train]
-    args = RewardConfig(**trainer_kwargs(config.train, checkpoints, len(train_rows), training.run_name(context.run, "reward", checkpoints.name)),
-                        center_rewards_coefficient=config.center_rewards)
+    args = RewardConfig(**trainer_kwargs(config.options.train, checkpoints, len(train_rows), training.run_name(context.run, "reward", checkpoints.name)),
+                        center_rewards_coefficient=config.options.center_rewards)
     trainer_cls, collator_cls = soft_label_trainer()
     trainer = training.resumable(trainer_cls)(
         model=model, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tok, peft_config=lora,
@@ -205,7 +205,7 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
         "train_pairs": used, "dropped_too_long": len(train_rows) - used, "targets": "soft" if soft else "hard",
         "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.options.adapter.mode.value,
         "data_format": inputs.format, "resumed_from_step": resumed, "pairs_identical_dropped": inputs.identical,
         **dict.fromkeys(HELDOUT_KEYS),
     }
@@ -218,7 +218,7 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
     model = (trainer.model if one_process else model).eval()
     if inputs.heldout:
         with torch.no_grad():
-            scores = pair_rewards(model, tok, inputs.heldout, config.train.max_length)
+            scores = pair_rewards(model, tok, inputs.heldout, config.options.train.max_length)
         metrics.update(heldout_metrics(scores, inputs.heldout, tok, out))
     if one_process:
         metrics.update(save_trained(model, tok, out))

@@ -48,10 +48,10 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate(config: SFTStageConfig) -> SFTInputs:
-    training.check_train(config.train)
+    training.check_train(config.options.train)
     data = load_data(config.data, "sft")
-    return SFTInputs(data, load_data(config.mix_data, "sft") if config.mix_data else None,
-                     check_lengths(data, config.train.max_length, "train.max_length"))
+    return SFTInputs(data, load_data(config.options.mix_data, "sft") if config.options.mix_data else None,
+                     check_lengths(data, config.options.train.max_length, "train.max_length"))
 
 
 def mixed_rows(data: LoadedData, mix: LoadedData | None, ratio: float, seed: int) -> list[dict[str, Any]]:
@@ -71,21 +71,21 @@ def train(out: Path, config: SFTStageConfig, inputs: SFTInputs, context: RunCont
     from trl import SFTConfig, SFTTrainer
 
     data = inputs.data
-    rows = mixed_rows(data, inputs.mix, config.mix_ratio, config.train.seed)
+    rows = mixed_rows(data, inputs.mix, config.options.mix_ratio, config.options.train.seed)
     tok = load_tokenizer(config.model)
-    model = load_model(config.model, config.adapter)
-    args = SFTConfig(**trainer_kwargs(config.train, checkpoints, len(rows), training.run_name(context.run, "sft", checkpoints.name)),
-                     completion_only_loss=config.assistant_only_loss)
+    model = load_model(config.model, config.options.adapter)
+    args = SFTConfig(**trainer_kwargs(config.options.train, checkpoints, len(rows), training.run_name(context.run, "sft", checkpoints.name)),
+                     completion_only_loss=config.options.assistant_only_loss)
     trainer = training.resumable(SFTTrainer)(
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-        peft_config=peft_config(config.adapter), callbacks=[progress_callback(context.progress)])
+        peft_config=peft_config(config.options.adapter), callbacks=[progress_callback(context.progress)])
     result, resumed, history = training.train(trainer, checkpoints)
     write_curves(out, history)
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
         "train_rows": len(rows), "mix_rows": len(rows) - len(data.rows), "steps": result.global_step, "train_loss": result.training_loss,
         "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.adapter.mode.value,
+        "train_seconds": result.metrics.get("train_runtime"), "adapter_mode": config.options.adapter.mode.value,
         "data_format": data.format.value, "resumed_from_step": resumed, "rows_over_max_length": inputs.over_length,
     }
     metrics.update(training.save_model(trainer, tok, out))
