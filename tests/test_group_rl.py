@@ -23,13 +23,14 @@ def files(tmp_path):
     return prompts, heldout
 
 
-def config(cls, files, **kw):
+def config(cls, files, **options):
+    """A GRPO/RLOO config on `files`; keyword arguments are its options (GroupRLOptions)."""
     prompts, heldout = files
-    base = dict(model={"name": "tiny-random"}, prompts={"path": str(prompts)},
-                reward={"rule": {"contains": "e", "mode": "count"}}, adapter={"mode": "full"}, num_generations=4,
+    base = dict(adapter={"mode": "full"}, num_generations=4,
                 train={"learning_rate": 1e-3, "batch_size": 16, "max_steps": 10, "logging_steps": 1},
                 rollout={"temperature": 1.0, "max_new_tokens": 16})
-    return cls(**{**base, **kw})
+    return cls(model={"name": "tiny-random"}, prompts={"path": str(prompts)},
+               reward={"rule": {"contains": "e", "mode": "count"}}, options={**base, **options})
 
 
 @pytest.mark.parametrize("algo,cls", [("grpo", GRPOStageConfig), ("rloo", RLOOStageConfig)])
@@ -64,6 +65,17 @@ def test_group_size_must_divide_the_batch(files):
         config(GRPOStageConfig, files, num_generations=3)
     with pytest.raises(ValueError, match="rollout.temperature: 0"):
         config(GRPOStageConfig, files, rollout={"temperature": 0.0})
+
+
+def test_rloo_keeps_its_own_kl_default_when_other_knobs_are_given(files):
+    from alignment.config import RLHFRecipe
+
+    assert config(RLOOStageConfig, files).options.beta == 0.05 and config(GRPOStageConfig, files).options.beta == 0.04
+    recipe = RLHFRecipe.model_validate({"flow": "rlhf", "algorithm": "rloo", "rloo": {"num_generations": 2},
+                                        "reward": {"data": {"path": "data/pref_train.jsonl"}},
+                                        "prompts": {"path": "data/eval_prompts.jsonl"},
+                                        "eval_prompts": {"path": "data/eval_prompts.jsonl"}})
+    assert recipe.rloo.beta == 0.05, "a partial rloo section must not fall back to GRPO's beta"
 
 
 @pytest.mark.skipif(not vllm_available() and not os.environ.get("CI"), reason="vLLM not installed")

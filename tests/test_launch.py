@@ -52,15 +52,15 @@ def test_plans_and_their_errors(tmp_path):
 def test_the_key_hashes_what_changes_the_result_not_where_or_how_fast(tmp_path):
     sft = stages.spec("sft")
     z2 = str(INFRA / "zero2.yaml")
-    base = sft.key(sft_config().model_copy(update={"launch": LaunchSpec(accelerate_config=z2, num_processes=2)}))
+    base = sft.key(sft_config().with_options(launch=LaunchSpec(accelerate_config=z2, num_processes=2)))
     moved = tmp_path / "mine.yaml"
     moved.write_text((INFRA / "zero2.yaml").read_text().replace("offload_optimizer_device: none",
                                                                 "offload_optimizer_device: cpu"))
-    same = sft.key(sft_config().model_copy(update={"launch": LaunchSpec(accelerate_config=str(moved), num_processes=2)}))
+    same = sft.key(sft_config().with_options(launch=LaunchSpec(accelerate_config=str(moved), num_processes=2)))
     assert same == base, "another path, offloading: speed and placement only"
     for other in (LaunchSpec(accelerate_config=z2, num_processes=4), LaunchSpec(accelerate_config=str(INFRA / "zero3.yaml"),
                                                                               num_processes=2), None):
-        assert sft.key(sft_config().model_copy(update={"launch": other})) != base, other
+        assert sft.key(sft_config().with_options(launch=other)) != base, other
     assert sft.key(sft_config(checkpoint_every=3, report_to=["tensorboard"])) == sft.key(sft_config())
 
 
@@ -78,16 +78,16 @@ def test_sft_trains_in_two_processes_and_rank_0_writes_the_artifact(home):
 
     logged = []
     context = stages.RunContext(log=logged.append, progress=lambda f, m: logged.append(("progress", f)))
-    result = stages.runner("sft")(sft_config().model_copy(update={"launch": LaunchSpec(num_processes=2)}), context)
+    result = stages.runner("sft")(sft_config().with_options(launch=LaunchSpec(num_processes=2)), context)
     manifest = result.manifest()
     assert manifest["launch"]["num_processes"] == 2 and manifest["launch"]["distributed_type"] in ("MULTI_CPU", "MULTI_GPU")
     assert result.metrics["loss_last"] < result.metrics["loss_first"] and not result.reused
-    assert manifest["resolved"] == {"adapter.mode": "lora", "model.dtype": "float32"}, "the parent's record kept"
+    assert manifest["resolved"] == {"options.adapter.mode": "lora", "model.dtype": "float32"}, "the parent's record kept"
     assert AutoModelForCausalLM.from_pretrained(Path(result.path) / "model").num_parameters() > 0
     assert any(isinstance(x, tuple) for x in logged), "rank 0's progress reached the parent"
     assert any("rank" in str(x).lower() or "loss" in str(x) for x in logged if isinstance(x, str)), "log lines streamed"
     assert not (home / "checkpoints" / "sft" / result.key).exists(), "checkpoints go once the artifact is committed"
-    assert stages.runner("sft")(sft_config().model_copy(update={"launch": LaunchSpec(num_processes=2)})).reused
+    assert stages.runner("sft")(sft_config().with_options(launch=LaunchSpec(num_processes=2))).reused
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
@@ -232,8 +232,7 @@ def test_ppo_logs_to_tensorboard(home, tmp_path):
     pytest.importorskip("tensorboard", reason="tensorboard is in the pinned environment (requirements*.lock)")
     cfg = PPOStageConfig.model_validate_json(ppo_file(tmp_path).read_text())
     o = cfg.options
-    cfg = cfg.model_copy(update={"options": o.model_copy(update={
-        "iterations": 2, "train": o.train.model_copy(update={"report_to": ["tensorboard"]})})})
+    cfg = cfg.with_options(iterations=2, train=o.train.model_copy(update={"report_to": ["tensorboard"]}))
     result = stages.runner("ppo")(cfg)
     assert list((home / "tensorboard" / f"ppo-{result.key}").rglob("events.out.tfevents.*"))
 

@@ -41,7 +41,7 @@ def test_sft_trains_and_writes_a_loadable_artifact(trained, tiny_recipe):
     manifest = s.manifest()
     assert manifest["artifact_id"] == f"sft/{s.key}" and manifest["inputs"]["data"]["sha256"]
     assert manifest["libraries"]["trl"] == "1.16.0" and manifest["metrics"] == m
-    assert manifest["resolved"] == {"adapter.mode": "lora", "model.dtype": "float32"}, "what `auto` became here"
+    assert manifest["resolved"] == {"options.adapter.mode": "lora", "model.dtype": "float32"}, "what `auto` became here"
     assert manifest["identity"]["device"] == "cpu" or torch.cuda.is_available()
     assert {"model/model.safetensors", "adapter/adapter_config.json", "curves.jsonl", "config.json"} <= set(manifest["files"])
     assert not any(f.startswith(("samples", "checkpoints")) for f in manifest["files"]), "no held-out answers, no scratch"
@@ -135,7 +135,7 @@ def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
 
     cfg = tmp_path / "sft.yaml"
     cfg.write_text("model: {name: tiny-random}\ndata: {path: data/sft_train.jsonl, max_rows: 8}\n"
-                   "train: {max_steps: 2, batch_size: 4, max_length: 96}\n")
+                   "options: {train: {max_steps: 2, batch_size: 4, max_length: 96}}\n")
     env = {**__import__("os").environ, "ALIGNMENT_STORE": str(tmp_path / "store")}
     p = subprocess.run([sys.executable, "-m", "alignment.stages.sft", "--config", str(cfg)], env=env,
                        capture_output=True, text=True, timeout=300)
@@ -144,5 +144,5 @@ def test_a_stage_runs_alone_from_the_command_line(tmp_path, home):
     assert result["stage"] == "sft" and result["metrics"]["steps"] == 2
     assert (Path(result["path"]) / "manifest.json").is_file()
     bad = subprocess.run([sys.executable, "-m", "flows.service.cli", "stage", "sft", "--config", str(cfg),
-                          "-p", "train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "train.learning_rate = -1: Input should be greater than 0" in bad.stderr
+                          "-p", "options.train.learning_rate=-1"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "options.train.learning_rate = -1: Input should be greater than 0" in bad.stderr

@@ -53,6 +53,7 @@ from alignment.config.rl import (  # noqa: F401
     RewardMix,
     RewardSources,
     RLAlgorithm,
+    RLOOOptions,
     RLOOStageConfig,
     RLStageConfig,
     RuleReward,

@@ -209,6 +209,14 @@ class StageConfig(Strict):
         None, description="Set to force a new artifact although nothing else changed (refresh)."
     )
 
+    def with_options(self, **changes) -> Self:
+        """This config with some of its `options` changed, validated (unlike `model_copy(update=...)`, which
+        would take an unknown or mistyped knob silently): `cfg.with_options(launch=LaunchSpec(...))`."""
+        options = getattr(self, "options", None)
+        if not isinstance(options, Options):
+            raise TypeError(f"{type(self).__name__} has no options to change")
+        return self.model_copy(update={"options": type(options).model_validate({**dict(options), **changes})})
+
 
 class ArtifactRef(Strict):
     """An artifact in the store, e.g. a `respond` step's answers that `evaluate` judges. Keys hash its

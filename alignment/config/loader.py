@@ -67,11 +67,12 @@ def describe(exc: ValidationError, model: type[BaseModel], source: str, root: ya
             where += f" line {line}"
         if err["type"] == "extra_forbidden":
             parent = _field_help_parent(model, loc[:-1])
-            fix = f"remove it or use one of: {', '.join(parent)}" if parent else "remove it"
+            fix = (f"remove it or use one of: {', '.join(parent)} (check for a typo)" if parent
+                   else "remove it (check for a typo)")
             if "options" in parent and str(loc[-1]) in _field_help_parent(model, (*loc[:-1], "options")):
                 fix = (f"a stage config holds its knobs under `options:`; move it there "
                        f"({'.'.join(str(p) for p in (*loc[:-1], 'options', loc[-1]))})")
-            lines.append(f"{where}: {key}: unknown key. Fix: {fix} (check for a typo)")
+            lines.append(f"{where}: {key}: unknown key. Fix: {fix}")
             continue
         value = err.get("input")
         if isinstance(value, str) and "://" in value:

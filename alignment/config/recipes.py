@@ -16,7 +16,7 @@ from alignment.config.base import (
     ModelSpec,
     Strict,
 )
-from alignment.config.rl import GroupRLOptions, PPOOptions, RewardMix, RLAlgorithm
+from alignment.config.rl import GroupRLOptions, PPOOptions, RewardMix, RLAlgorithm, RLOOOptions
 from alignment.config.stages import (
     CritiqueReviseOptions,
     DPOOptions,
@@ -205,7 +205,7 @@ class RLHFRecipe(RecipeBase):
     algorithm: RLAlgorithm = Field(RLAlgorithm.ppo, description="Policy optimisation: `ppo`, `grpo`, `rloo`.")
     ppo: PPOOptions = Field(default_factory=PPOOptions)
     grpo: GroupRLOptions = Field(default_factory=GroupRLOptions)
-    rloo: GroupRLOptions = Field(default_factory=lambda: GroupRLOptions(beta=0.05))
+    rloo: RLOOOptions = Field(default_factory=RLOOOptions)
     reward_mix: RewardMix = Field(default_factory=RewardMix, description="Terms added to the reward model's score.")
 
 

@@ -124,6 +124,12 @@ class GroupRLOptions(TrainingOptions):
         return self
 
 
+class RLOOOptions(GroupRLOptions):
+    """TRL `RLOOTrainer`: as GRPO, with the leave-one-out baseline; TRL's RLOO default KL weight."""
+
+    beta: float = Field(0.05, ge=0, description="KL penalty to the reference (0 loads no reference).")
+
+
 class RLAlgorithm(StrEnum):
     """Policy optimisation in the rlhf flow: our PPO, or TRL's GRPO / RLOO."""
 
@@ -155,7 +161,7 @@ class GRPOStageConfig(RLStageConfig):
 class RLOOStageConfig(RLStageConfig):
     """Everything `alignment.stages.rloo.run` needs."""
 
-    options: GroupRLOptions = Field(default_factory=lambda: GroupRLOptions(beta=0.05))
+    options: RLOOOptions = Field(default_factory=RLOOOptions)
 
 
 class PairsStageConfig(StageConfig):

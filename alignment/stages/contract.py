@@ -395,7 +395,7 @@ class Job:
         if seen is not None and seen["num_processes"] != self.launch.num_processes:
             raise ContractError(f"stage {self.spec.name}: launched {self.launch.num_processes} processes but "
                                 f"training ran as {seen}; on a CPU the trainer needs use_cpu=True (alignment.training)")
-        trains = "launch" in type(self.config).model_fields
+        trains = launch_of(self.config) is not False
         (out / "config.json").write_text(self.config.model_dump_json(indent=2))
         write_manifest(out, stage=self.spec.name, key=self.key, identity=self.identity,
                        inputs=lineage(self.config), metrics=metrics, started=self.started,
