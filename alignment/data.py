@@ -156,6 +156,16 @@ def _read_local(path: Path) -> list[tuple[str, Any]]:
     return [(f"{'line' if first == 2 else 'row'} {i + first}", r) for i, r in enumerate(df.to_dict("records"))]
 
 
+def read_local_rows(spec: DataSpec) -> list[tuple[str, Any]]:
+    """(location, row) pairs of a local file as written (no format checks; ``max_rows`` applied): for
+    files whose rows are not one of the training formats, e.g. benchmark tasks."""
+    path = Path(spec.path)
+    if not path.is_file():
+        raise DataError(f"{spec.path}: file not found (resolved to {path.resolve()}); fix the data path")
+    rows = _read_local(path)
+    return rows[: spec.max_rows] if spec.max_rows else rows
+
+
 HUB_FILES = ("hf://", "https://huggingface.co/", "https://hf.co/")
 
 

@@ -54,6 +54,7 @@ STEPS = ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_
          "preference_model", "rl_cai", "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl")
 
 
+MODELS = ("base", "sl_cai", "rl_cai")  # the models benchmarked (base: the helpful model the flow starts from)
 ROUND_PARTS = ("generate", "feedback", "dpo", "respond", "evaluate")  # rl_method iterative-dpo (flows.rounds)
 
 
@@ -63,7 +64,8 @@ def steps(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
     core = tuple(s for s in STEPS[:10] if s != "preference_model" or recipe.rl_method == "ppo")
     if recipe.rl_method == "iterative-dpo":  # respond_rl_cai is then the best round's answers again (cached)
         core = (*STEPS[:5], *rounds.round_steps(recipe.iterate.rounds))
-    return core + evaluation.steps(recipe, ("evaluate_sl", "evaluate_rl"))
+    return (core + evaluation.steps(recipe, ("evaluate_sl", "evaluate_rl"))
+            + evaluation.benchmark_steps(recipe, MODELS))
 
 
 def gate_labels(recipe: ConstitutionalAIRecipe) -> tuple[str, ...]:
@@ -165,6 +167,7 @@ def constitutional_ai(recipe: ConstitutionalAIRecipe, refresh: list[str] | None 
     rl_answers = run("respond_rl_cai", respond_config(recipe, rl_model))
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=preference_model)
+    evaluation.run_benchmarks(chain, recipe, dict(zip(MODELS, (recipe.model, sl, rl_model), strict=True)))
     return _finish(chain, recipe, revised, rl_model)
 
 
@@ -184,6 +187,7 @@ def _iterated(chain: Chain, recipe: ConstitutionalAIRecipe, revised: dict, sl, s
                            same_as=rounds.label(outcome.best, "respond") if outcome.best else "respond_sl_cai")
     evaluation.run(chain, recipe, [("evaluate_sl", sl_answers, helpful_answers), ("evaluate_rl", rl_answers, sl_answers)],
                    reward_model=reward_model)
+    evaluation.run_benchmarks(chain, recipe, dict(zip(MODELS, (recipe.model, sl, rl_model), strict=True)))
     rounds_report.publish(NAME, outcome)
     return _finish(chain, recipe, revised, rl_model, extra={"best_round": outcome.best, "stopped": outcome.stopped},
                    nothing_new=None if outcome.best else "no RL round beat the SL-CAI model on the held-out score")

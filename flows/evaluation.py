@@ -3,7 +3,9 @@
 - ``respond``: a model's answers to the held-out prompts (and, for the models an evaluation compares,
   to the red-team and benign prompts), after each stage that makes a model;
 - ``calibrate``: the evaluation judge's own accuracy, once per judge;
-- ``evaluate``: a policy's answers against a reference's.
+- ``evaluate``: a policy's answers against a reference's;
+- ``benchmark_<label>``: capability benchmarks (lm-evaluation-harness) of the start model and each model
+  a stage makes, and ``tax``: per task, what the chain of models gained or lost (paired, with intervals).
 
 None of them feeds a training stage, so changing `eval_prompts` or anything under `evaluate` reruns
 only these steps. No ML logic here: the stages live in ``alignment.stages``.
@@ -13,13 +15,15 @@ from typing import Any
 
 from alignment.config import (
     ArtifactRef,
+    BenchmarkStageConfig,
     CalibrateStageConfig,
     EvaluateStageConfig,
     ModelSpec,
     RecipeBase,
     RespondStageConfig,
+    TaxStageConfig,
 )
-from alignment.stages import calibrate, respond
+from alignment.stages import benchmark, calibrate, respond
 from flows.chain import Chain
 
 
@@ -66,6 +70,27 @@ def steps(recipe: RecipeBase, evaluate_labels: tuple[str, ...]) -> tuple[str, ..
     return (("calibrate",) if calibrate_config(recipe) is not None else ()) + evaluate_labels
 
 
+def benchmark_steps(recipe: RecipeBase, labels: tuple[str, ...]) -> tuple[str, ...]:
+    """`benchmark_<label>` for each model label (start first), then `tax`; none without a benchmark section."""
+    if recipe.benchmark is None:
+        return ()
+    return (*(f"benchmark_{label}" for label in labels), "tax")
+
+
+def benchmark_config(recipe: RecipeBase, model: ModelSpec) -> BenchmarkStageConfig:
+    return BenchmarkStageConfig(model=model, options=recipe.benchmark)
+
+
+def run_benchmarks(chain: Chain, recipe: RecipeBase, models: dict[str, ModelSpec]) -> dict[str, Any] | None:
+    """Benchmark each model (label → model, in pipeline order: the start first, the final model last), then
+    the alignment tax over the chain; the tax result, or None without a benchmark section."""
+    if recipe.benchmark is None:
+        return None
+    results = {label: chain.run(f"benchmark_{label}", benchmark_config(recipe, m)) for label, m in models.items()}
+    return chain.run("tax", TaxStageConfig(models={label: ArtifactRef(path=r["path"]) for label, r in results.items()},
+                                           bootstrap=recipe.evaluate.bootstrap if recipe.evaluate else 1000))
+
+
 def run(chain: Chain, recipe: RecipeBase, comparisons: list[tuple[str, dict[str, Any], dict[str, Any]]],
         reward_model: ModelSpec | None = None) -> None:
     """Calibrate the judge once, then evaluate each (label, policy answers, reference answers)."""
@@ -80,6 +105,8 @@ def run(chain: Chain, recipe: RecipeBase, comparisons: list[tuple[str, dict[str,
 def preflight(recipe: RecipeBase) -> None:
     """The held-out, red-team, benign and calibration data, checked before the first stage runs."""
     respond.validate(respond_config(recipe, recipe.model))
+    if recipe.benchmark is not None:
+        benchmark.validate(benchmark_config(recipe, recipe.model))
     cal_config = calibrate_config(recipe)
     if cal_config is not None:
         calibrate.validate(cal_config)

@@ -46,7 +46,9 @@ PARTS = ("generate", "pairs", "dpo", "respond", "evaluate")
 def steps(recipe: IterativeDPORecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for); a round is one step."""
     fixed = ("respond_base", *(("sft", "respond_sft") if recipe.sft else ()), *(("reward",) if recipe.reward else ()))
-    return fixed + evaluation.steps(recipe, ()) + rounds.round_steps(recipe.iterate.rounds)
+    models = ("base", *(("sft",) if recipe.sft else ()), "final")
+    return (fixed + evaluation.steps(recipe, ()) + rounds.round_steps(recipe.iterate.rounds)
+            + evaluation.benchmark_steps(recipe, models))
 
 
 def gate_labels(recipe: IterativeDPORecipe) -> tuple[str, ...]:
@@ -127,6 +129,9 @@ def iterative_dpo(recipe: IterativeDPORecipe, refresh: list[str] | None = None,
     if outcome.best:  # the best round's evaluation under the name gates and the results card use (cached)
         chain.run("evaluate", outcome.rounds[outcome.best - 1].eval_config, same_as=rounds.label(outcome.best, "evaluate"))
     final = outcome.model(start)
+    # the final model is the best round's (the start model when no round beat it: then cached, the same key)
+    evaluation.run_benchmarks(chain, recipe, {"base": recipe.model, **({"sft": start} if recipe.sft is not None else {}),
+                                              "final": final})
     return chain.close(recipe, final, None if outcome.best else "no round beat the start model on the held-out score",
                        rounds=outcome.table(), best_round=outcome.best, stopped=outcome.stopped, model=final.name)
 

@@ -41,15 +41,17 @@ NAME = "rlhf"
 RL_CONFIG = {RLAlgorithm.ppo: PPOStageConfig, RLAlgorithm.grpo: GRPOStageConfig, RLAlgorithm.rloo: RLOOStageConfig}
 ALGORITHMS = tuple(a.value for a in RLAlgorithm)
 Step = Literal[("respond_base", "sft", "respond_sft", "reward", *ALGORITHMS,  # type: ignore[valid-type]
-                *(f"respond_{a}" for a in ALGORITHMS), "calibrate", "evaluate")]
+                *(f"respond_{a}" for a in ALGORITHMS), "calibrate", "evaluate",
+                "benchmark_base", "benchmark_sft", *(f"benchmark_{a}" for a in ALGORITHMS), "tax")]
 
 
 def steps(recipe: RLHFRecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
     algo = recipe.algorithm.value
     sft_steps = ("sft", "respond_sft") if recipe.sft is not None else ()
+    models = ("base", *(("sft",) if recipe.sft is not None else ()), algo)
     return (("respond_base", *sft_steps, "reward", algo, f"respond_{algo}")
-            + evaluation.steps(recipe, ("evaluate",)))
+            + evaluation.steps(recipe, ("evaluate",)) + evaluation.benchmark_steps(recipe, models))
 
 
 class RLHFConfigs(Configs):
@@ -119,6 +121,8 @@ def rlhf(recipe: RLHFRecipe, refresh: list[Step] | None = None,
     trained = model_from(chain.run(algo, configs.rl(sft_model, rm)), recipe.model)
     policy_answers = chain.run(f"respond_{algo}", respond_config(recipe, trained))
     evaluation.run(chain, recipe, [("evaluate", policy_answers, start_answers)], reward_model=rm)
+    models = {"base": recipe.model, **({"sft": sft_model} if sft_model is not None else {}), algo: trained}
+    evaluation.run_benchmarks(chain, recipe, models)
     return chain.close(recipe, trained)
 
 

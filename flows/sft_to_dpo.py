@@ -5,7 +5,9 @@
     prefect deployment run sft-to-dpo/rerun-dpo                        # DPO again, the rest from cache
 
 Steps: respond_base (the base model's held-out answers) → sft → respond_sft → dpo → respond_dpo →
-calibrate (the judge's accuracy) → evaluate (DPO's answers vs SFT's). The flow holds no ML logic: it
+calibrate (the judge's accuracy) → evaluate (DPO's answers vs SFT's) → benchmark_base, benchmark_sft,
+benchmark_dpo (lm-evaluation-harness on the local tasks) → tax (what each task gained or lost from the
+base model to DPO, paired, with intervals: what a gate on the alignment tax reads). The flow holds no ML logic: it
 validates every step's inputs first (nothing runs on bad data), chains the stage tasks by passing
 artifact paths (the next stage hashes the artifact id, not the path), and publishes the UI artifacts at
 flow level so they show even when every step is cached.
@@ -32,13 +34,15 @@ from flows.evaluation import model_from, respond_config
 from flows.spec import Configs, FlowSpec
 
 NAME = "sft-to-dpo"
-STEPS = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate")
+STEPS = ("respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate",
+         "benchmark_base", "benchmark_sft", "benchmark_dpo", "tax")
+MODELS = ("base", "sft", "dpo")  # the models benchmarked, in pipeline order
 Step = Literal[STEPS]  # type: ignore[valid-type]  (the UI offers these in `refresh`)
 
 
 def steps(recipe: SftToDpoRecipe) -> tuple[str, ...]:
     """The steps this recipe runs, in order (what `rerun-<step>` deployments exist for)."""
-    return STEPS[:5] + evaluation.steps(recipe, ("evaluate",))
+    return STEPS[:5] + evaluation.steps(recipe, ("evaluate",)) + evaluation.benchmark_steps(recipe, MODELS)
 
 
 class SftToDpoConfigs(Configs):
@@ -86,6 +90,7 @@ def sft_to_dpo(recipe: SftToDpoRecipe, refresh: list[Step] | None = None,
     dpo_model = model_from(chain.run("dpo", configs.dpo(sft_model)), recipe.model)
     dpo_answers = chain.run("respond_dpo", respond_config(recipe, dpo_model))
     evaluation.run(chain, recipe, [("evaluate", dpo_answers, sft_answers)])
+    evaluation.run_benchmarks(chain, recipe, dict(zip(MODELS, (recipe.model, sft_model, dpo_model), strict=True)))
     return chain.close(recipe, dpo_model)
 
 

@@ -11,7 +11,8 @@ from prefect_api import artifacts, task_states
 from alignment.artifacts import ArtifactStore
 
 STEPS = ["respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples", "feedback", "rl_cai",
-         "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl"]
+         "respond_rl_cai", "calibrate", "evaluate_sl", "evaluate_rl", "benchmark_base", "benchmark_sl_cai",
+         "benchmark_rl_cai", "tax"]
 HELD_OUT = ("respond_helpful", "respond_sl_cai", "respond_rl_cai", "evaluate_sl", "evaluate_rl")
 
 
@@ -60,7 +61,7 @@ def test_cai_flow_runs_caches_and_reruns_after_a_principle_edit(cai, tmp_path):
     edited.write_text(Path(cai.constitution.path).read_text().replace("Quote the problem parts.", "Quote them."))
     _, fr3 = run(cai, overrides={"constitution.path": str(edited)})
     assert task_states(fr3) == {**dict.fromkeys(STEPS, "Completed"),
-                                **dict.fromkeys(("respond_helpful", "initial", "calibrate"), "Cached")}
+                                **dict.fromkeys(("respond_helpful", "initial", "calibrate", "benchmark_base"), "Cached")}
     assert ArtifactStore().complete("generate", result["stages"]["initial"]["key"])
 
 
@@ -86,7 +87,8 @@ def test_cai_with_the_papers_rl_method_trains_a_preference_model_on_soft_labels_
     # without an evaluation the answers are to the held-out prompts only: other sets, other keys
     assert ran == {**dict.fromkeys(["initial", "critique_revise", "sl_cai", "samples", "feedback"], "Cached"),
                    **dict.fromkeys(["respond_helpful", "respond_sl_cai", "preference_model", "rl_cai",
-                                    "respond_rl_cai"], "Completed")}
+                                    "respond_rl_cai", "benchmark_rl_cai", "tax"], "Completed"),
+                   **dict.fromkeys(["benchmark_base", "benchmark_sl_cai"], "Cached")}
     stages = state.result()["stages"]
     pm = json.loads((Path(stages["preference_model"]["path"]) / "manifest.json").read_text())["metrics"]
     assert pm["targets"] == "soft", "the feedback stage's soft labels are the preference model's targets"
@@ -98,5 +100,6 @@ def test_cai_with_the_papers_rl_method_trains_a_preference_model_on_soft_labels_
 
     recipe = validate_model(cai.model_dump(mode="json"), ConstitutionalAIRecipe, "t", overrides=overrides)
     assert steps(recipe) == ("respond_helpful", "initial", "critique_revise", "sl_cai", "respond_sl_cai", "samples",
-                             "feedback", "preference_model", "rl_cai", "respond_rl_cai")
+                             "feedback", "preference_model", "rl_cai", "respond_rl_cai",
+                             "benchmark_base", "benchmark_sl_cai", "benchmark_rl_cai", "tax")
     assert "preference_model" not in steps(cai)

@@ -11,6 +11,7 @@ import pytest
 from alignment import stages
 from alignment.config import (
     ArtifactRef,
+    BenchmarkStageConfig,
     DataSpec,
     FeedbackStageConfig,
     GenerateStageConfig,
@@ -23,6 +24,7 @@ from alignment.config import (
     RewardStageConfig,
     RLOOStageConfig,
     SFTStageConfig,
+    TaxStageConfig,
 )
 from alignment.stages import contract as spec_module
 
@@ -134,6 +136,10 @@ def runs(tiny_recipe, tmp_path_factory):
             group = {"rollout": rollout, "num_generations": 2, "train": {**FAST, "max_steps": 1}}
             run(GRPOStageConfig(**rl, options=group))
             run(RLOOStageConfig(**rl, options=group))
+            quick = {"limit": 3, "max_new_tokens": 3, "batch_size": 8, "num_fewshot": 1}
+            b0 = run(BenchmarkStageConfig(model=model(s), options=quick), "benchmark")
+            b1 = run(BenchmarkStageConfig(model=model(d), options=quick), "benchmark_dpo")
+            run(TaxStageConfig(models={"sft": {"path": b0.path}, "dpo": {"path": b1.path}}, bootstrap=200))
     finally:
         mp.undo()
         os.environ.pop("ALIGNMENT_STORE")

@@ -105,17 +105,20 @@ def served_runs(env):
 
 def test_served_deployment_runs_and_rerun_dpo_runs_only_dpo(env, served_runs):
     first, rerun = served_runs
-    steps = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate"]
+    steps = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate", "benchmark_base",
+             "benchmark_sft", "benchmark_dpo", "tax"]
     assert task_states(env, first) == dict.fromkeys(steps, "Completed")
-    assert task_states(env, rerun) == {**dict.fromkeys(steps, "Cached"),
-                                       **dict.fromkeys(("dpo", "respond_dpo", "evaluate"), "Completed")}
+    assert task_states(env, rerun) == {**dict.fromkeys(steps, "Cached"), **dict.fromkeys(
+        ("dpo", "respond_dpo", "evaluate", "benchmark_dpo", "tax"), "Completed")}
     arts = api(env, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [rerun]}}})
     assert {"sft-summary", "dpo-summary", "sft-to-dpo-responses"} <= {a["key"] for a in arts}
     status = sh([sys.executable, "-m", "flows.service.cli", "summary", first], env)
     assert f"/runs/flow-run/{first}" in status and "Held-out prompts" in status
     followed = sh([sys.executable, "-m", "flows.service.cli", "wait", rerun], env)
     assert ("Completed  respond_base: Cached  sft: Cached  respond_sft: Cached  dpo: Completed  "
-            "respond_dpo: Completed  calibrate: Cached  evaluate: Completed") in followed
+            "respond_dpo: Completed  calibrate: Cached  evaluate: Completed  benchmark_base: Cached  "
+            "benchmark_sft: Cached  benchmark_dpo: Completed  tax: Completed") in followed
+    assert "Capability benchmark and alignment tax" in status, "the summary prints the tax table"
 
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -306,7 +309,7 @@ def test_an_approval_gate_is_answered_in_the_ui_and_the_model_promoted(env, serv
     record = json.loads((home / "releases" / "tiny-release" / "current.json").read_text())
     assert record["approval"] == {"approved": True, "reviewer": "e2e-browser", "comment": "gates passed, answers read",
                                   "artifact_id": record["artifact_id"], "gates_sha256": record["approval"]["gates_sha256"]}
-    assert [g["passed"] for g in record["gates"]] == [True, True]
+    assert [g["passed"] for g in record["gates"]] == [True, True, True]
     assert record["run"]["flow_run_id"] == run_id
 
 
@@ -376,7 +379,7 @@ def test_a_worker_runs_only_what_was_deployed(env, served_runs, tmp_path):
     steps were PATCHed (a shell step that would write a file), are refused before any flow code runs."""
     sh([sys.executable, "-c", "from flows.service import server; server.stop('serve')"], env)  # one runner per deployment
     out = sh([sys.executable, "-m", "flows.service.cli", "deploy", "--pool", "e2e-pool", "--recipe", "tiny"], env, 240)
-    assert "deployed 8 deployments to pool 'e2e-pool'" in out
+    assert "deployed 12 deployments to pool 'e2e-pool'" in out
     pool = get(env, "/work_pools/e2e-pool")
     job = pool["base_job_template"]["job_configuration"]
     assert "flows.service.pool_run" in job["command"] and job["working_dir"] == str(ROOT)

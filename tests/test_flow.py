@@ -11,7 +11,8 @@ from prefect_api import artifacts, log_lines, task_states
 
 from alignment.artifacts import ArtifactStore
 
-STEPS = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate"]
+STEPS = ["respond_base", "sft", "respond_sft", "dpo", "respond_dpo", "calibrate", "evaluate", "benchmark_base",
+         "benchmark_sft", "benchmark_dpo", "tax"]
 
 
 def states(**changed: str) -> dict[str, str]:
@@ -49,7 +50,8 @@ def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, t
     assert state.is_completed(), state.message
     assert task_states(fr) == dict.fromkeys(STEPS, "Completed")
     result = runs["first"]
-    for label, stage in zip(STEPS, ("respond", "sft", "respond", "dpo", "respond", "calibrate", "evaluate"), strict=True):
+    for label, stage in zip(STEPS, ("respond", "sft", "respond", "dpo", "respond", "calibrate", "evaluate",
+                                     "benchmark", "benchmark", "benchmark", "tax"), strict=True):
         assert ArtifactStore().complete(stage, result["stages"][label]["key"])
     arts = artifacts(fr)
     assert {"respond-base-summary", "sft-summary", "dpo-summary", "sft-curves", "dpo-curves", "sft-progress",
@@ -59,6 +61,9 @@ def test_first_run_computes_every_stage_and_publishes_artifacts(harness, runs, t
     assert "**are not meaningful**" in arts["evaluate-report"].data, "a random judge is flagged (tiny: at_chance compute)"
     card = arts["sft-to-dpo-results"].data
     assert "calibrate_meaningful" in card and "evaluate_win_rate" in card and "dpo_heldout_rewards_accuracies" in card
+    assert "## Capability benchmark and alignment tax" in card and "| facts | 6 |" in card, "the tax table on the card"
+    assert "base→dpo" in card and "tax-report" in arts and "benchmark-dpo-report" in arts
+    assert result["metrics"]["tax_max_drop_task"] in ("facts", "numbers", "arithmetic", "instructions")
     assert set(result["metrics"]) >= {"sft_loss_first", "respond_dpo_mean_tokens", "evaluate_kl_k3_mean"}
     assert result["metrics"]["evaluate_kl_k3_mean"] is None, "no `evaluate.kl` in this recipe: not computed"
     table = json.loads(arts["sft-to-dpo-responses"].data)
@@ -83,7 +88,8 @@ def test_rerun_with_nothing_changed_is_all_cached(harness, runs, tiny_recipe):
 
 def test_changing_a_dpo_setting_reruns_only_dpo(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, overrides={"dpo.beta": 0.2})
-    assert task_states(fr) == states(dpo="Completed", respond_dpo="Completed", evaluate="Completed")
+    assert task_states(fr) == states(dpo="Completed", respond_dpo="Completed", evaluate="Completed",
+                                     benchmark_dpo="Completed", tax="Completed")
     assert state.result()["stages"]["dpo"]["key"] != runs["first"]["stages"]["dpo"]["key"]
 
 
@@ -107,7 +113,8 @@ def test_a_judge_setting_reruns_only_calibration_and_evaluation(harness, runs, t
 def test_changing_sft_data_reruns_sft_then_dpo(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, overrides={"sft.data.max_rows": 12})
     assert task_states(fr) == states(sft="Completed", respond_sft="Completed", dpo="Completed",
-                                     respond_dpo="Completed", evaluate="Completed")
+                                     respond_dpo="Completed", evaluate="Completed", benchmark_sft="Completed",
+                                     benchmark_dpo="Completed", tax="Completed")
     stages = state.result()["stages"]
     assert stages["sft"]["key"] != runs["first"]["stages"]["sft"]["key"]
     dpo_manifest = json.loads((Path(stages["dpo"]["path"]) / "manifest.json").read_text())
@@ -116,7 +123,8 @@ def test_changing_sft_data_reruns_sft_then_dpo(harness, runs, tiny_recipe):
 
 def test_refresh_forces_a_stage_and_what_follows(harness, runs, tiny_recipe):
     state, fr = run(tiny_recipe, refresh=["dpo"])
-    assert task_states(fr) == states(dpo="Completed", respond_dpo="Completed", evaluate="Completed")
+    assert task_states(fr) == states(dpo="Completed", respond_dpo="Completed", evaluate="Completed",
+                                     benchmark_dpo="Completed", tax="Completed")
     new = state.result()["stages"]["dpo"]
     assert new["key"] != runs["first"]["stages"]["dpo"]["key"], "a refreshed stage gets a new artifact"
     assert Path(runs["first"]["stages"]["dpo"]["path"]).is_dir(), "the earlier artifact is kept"

@@ -51,7 +51,10 @@ def test_rounds_chain_cache_and_a_refreshed_round_reruns_it_and_the_later_ones(r
     states = task_states(fr)
     fixed = ["respond_base", "reward", *round_labels(range(1, 4))]
     assert {k: states[k] for k in fixed} == dict.fromkeys(fixed, "Completed")
-    assert set(states) - set(fixed) <= {"evaluate"}, "only the best round's evaluation again (cached)"
+    assert set(states) - set(fixed) <= {"evaluate", "benchmark_base", "benchmark_final", "tax"}, \
+        "only the best round's evaluation again (cached), and the benchmarks"
+    assert states["benchmark_base"] == states["tax"] == "Completed"
+    assert states["benchmark_final"] == ("Completed" if out["best_round"] else "Cached"), "no round won: the start model"
 
     stages = out["stages"]
     for n in (1, 2, 3):  # each round samples from and trains from the policy before it

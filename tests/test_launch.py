@@ -206,7 +206,7 @@ def test_two_flow_runs_of_one_recipe_at_once_compute_each_stage_once(tmp_path, p
         assert both.count(f"- {label}: wrote artifact") == 1, f"{label} computed twice or never:\n{both[-4000:]}"
     store = home / "store"
     assert {p.name: len(list(p.iterdir())) for p in store.iterdir() if p.is_dir() and not p.name.startswith(".")} == {
-        "sft": 1, "dpo": 1, "respond": 3}
+        "sft": 1, "dpo": 1, "respond": 3, "benchmark": 3, "tax": 1}
     from alignment.artifacts import ArtifactStore
 
     monkeypatch.setenv("ALIGNMENT_STORE", str(store))

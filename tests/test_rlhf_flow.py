@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from prefect_api import artifacts, task_states
 
-STEPS = ["respond_base", "sft", "respond_sft", "reward", "ppo", "respond_ppo", "calibrate", "evaluate"]
+STEPS = ["respond_base", "sft", "respond_sft", "reward", "ppo", "respond_ppo", "calibrate", "evaluate",
+         "benchmark_base", "benchmark_sft", "benchmark_ppo", "tax"]
 
 
 def states(**changed: str) -> dict[str, str]:
@@ -63,7 +64,8 @@ def test_rlhf_flow_runs_caches_and_reruns(recipe):
     assert set(task_states(fr2).values()) == {"Cached"}
 
     _, fr3 = run(recipe, refresh=["reward"])
-    assert task_states(fr3) == states(reward="Completed", ppo="Completed", respond_ppo="Completed", evaluate="Completed")
+    assert task_states(fr3) == states(reward="Completed", ppo="Completed", respond_ppo="Completed", evaluate="Completed",
+                                      benchmark_ppo="Completed", tax="Completed")
 
 
 def test_new_evaluation_prompts_rerun_only_answering_and_evaluation(recipe, tmp_path):
@@ -80,7 +82,9 @@ def test_switching_the_algorithm_reuses_sft_and_reward(recipe):
     _, fr = run(recipe, overrides={"algorithm": "grpo", "evaluate": None})
     # without an evaluation the SFT model answers the held-out prompts only: another respond key
     assert task_states(fr) == {"respond_base": "Cached", "sft": "Cached", "respond_sft": "Completed",
-                               "reward": "Cached", "grpo": "Completed", "respond_grpo": "Completed"}
+                               "reward": "Cached", "grpo": "Completed", "respond_grpo": "Completed",
+                               "benchmark_base": "Cached", "benchmark_sft": "Cached", "benchmark_grpo": "Completed",
+                               "tax": "Completed"}
 
 
 def test_bad_recipe_fails_in_preflight_before_any_stage(recipe, tmp_path):

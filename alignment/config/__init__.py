@@ -59,6 +59,8 @@ from alignment.config.rl import (  # noqa: F401
     RuleReward,
 )
 from alignment.config.stages import (  # noqa: F401
+    BenchmarkOptions,
+    BenchmarkStageConfig,
     CalibrateStageConfig,
     CritiqueReviseOptions,
     CritiqueReviseStageConfig,
@@ -77,4 +79,5 @@ from alignment.config.stages import (  # noqa: F401
     SFTOptions,
     SFTSection,
     SFTStageConfig,
+    TaxStageConfig,
 )

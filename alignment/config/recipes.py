@@ -18,6 +18,7 @@ from alignment.config.base import (
 )
 from alignment.config.rl import GroupRLOptions, PPOOptions, RewardMix, RLAlgorithm, RLOOOptions
 from alignment.config.stages import (
+    BenchmarkOptions,
     CritiqueReviseOptions,
     DPOOptions,
     DPOSection,
@@ -137,6 +138,10 @@ class RecipeBase(Strict):
                                description="Engine for answers (`hf` by default: vLLM on CPU needs a fresh process).")
     evaluate: EvaluateOptions | None = Field(default_factory=EvaluateOptions,
                                              description="Evaluation of the final policy; null skips it.")
+    benchmark: BenchmarkOptions | None = Field(
+        default_factory=BenchmarkOptions, description="Capability benchmarks (lm-evaluation-harness) of the start "
+        "model and every model a stage makes (`benchmark_<step>`), and the alignment tax (`tax`: each task's "
+        "change from the start to the final model, paired, with intervals); null skips both.")
     launch: LaunchSpec | None = Field(None, description="Default launch of every training stage (a stage's own "
                                       "`launch` wins): e.g. {accelerate_config: alignment/launch_profiles/zero3.yaml, "
                                       "num_processes: 8}; unset: one process.")

@@ -229,3 +229,60 @@ class RewardStageConfig(StageConfig):
                            "`soft_label`) or HH-RLHF text.")
     eval_data: DataSpec | None = Field(None, description="Held-out pairs; unset holds out `heldout_fraction` of data.")
     options: RewardOptions = Field(default_factory=RewardOptions)
+
+
+TASK_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class BenchmarkOptions(Options):
+    """Capability benchmarks run by lm-evaluation-harness on a model (the `benchmark` stage): the project's
+    local task files (exact answers; no network) and, where a hub is reachable, any lm-eval task by name."""
+
+    tasks: dict[str, DataSpec] = Field(
+        default_factory=lambda: {name: DataSpec(path=f"data/benchmark/{name}.jsonl")
+                                 for name in ("facts", "numbers", "arithmetic", "instructions")},
+        description="Local tasks by name: JSONL rows {question, choices, answer: index} (multiple choice, by "
+        "log-likelihood) or {question, answer: text} (greedy answer compared exactly); see data/benchmark/.")
+    harness_tasks: list[str] = Field(
+        default_factory=list, description="lm-eval task names (e.g. [arc_easy, gsm8k]); their data comes from "
+        "the Hugging Face hub, so they need network or a populated HF_DATASETS_CACHE.")
+    limit: int | None = Field(None, ge=1, description="Only the first N items of each task (quick checks).")
+    batch_size: int = Field(32, ge=1, le=512, description="lm-eval batch size.")
+    max_new_tokens: int = Field(12, ge=1, le=512, description="Exact-answer tasks: tokens generated (greedy; the answer is read from the first line).")
+    chat_template: bool = Field(True, description="Ask through the model's chat template (instruct models).")
+    num_fewshot: int = Field(0, ge=0, le=32, description="Few-shot examples per item (from the same task).")
+
+    @field_validator("tasks")
+    @classmethod
+    def _names(cls, tasks: dict[str, DataSpec]) -> dict[str, DataSpec]:
+        bad = [n for n in tasks if not TASK_NAME.match(n)]
+        if bad:
+            raise ValueError(f"task names {bad} must be lowercase letters, digits and '_' (e.g. facts)")
+        return tasks
+
+    @model_validator(mode="after")
+    def _some(self) -> "BenchmarkOptions":
+        if not self.tasks and not self.harness_tasks:
+            raise ValueError("benchmark: no tasks; give `tasks` (local files) or `harness_tasks` (lm-eval names), "
+                             "or set `benchmark: null` to skip benchmarking")
+        clash = sorted(set(self.tasks) & set(self.harness_tasks))
+        if clash:
+            raise ValueError(f"benchmark: {clash} named both as a local task and an lm-eval task; rename the local one")
+        return self
+
+
+class BenchmarkStageConfig(StageConfig):
+    """Everything `alignment.stages.benchmark.run` reads: the model and what to run on it."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model benchmarked (a stage artifact or any model).")
+    options: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
+
+
+class TaxStageConfig(StageConfig):
+    """The alignment tax: per task, what a chain of models (start → ... → aligned) gained or lost on the
+    same benchmark items, as paired differences with intervals (`alignment.stages.tax.run`)."""
+
+    models: dict[str, ArtifactRef] = Field(..., min_length=2, description="`benchmark` artifacts by label, in "
+                                           "pipeline order (e.g. base, sft, dpo); the first is the start.")
+    bootstrap: int = Field(1000, ge=100, le=100_000, description="Bootstrap resamples for the 95% intervals.")
+

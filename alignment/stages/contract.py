@@ -216,6 +216,8 @@ class StageSpec:
     headline: tuple[str, ...] = ()
     progress: tuple[str, ...] = ()
     unhashed: dict[str, str] = field(default_factory=dict)  # dotted config path → why it cannot change the output
+    libraries: tuple[str, ...] = ()  # distributions whose installed version is part of the key (e.g. lm_eval)
+    card: Callable[[dict[str, Any]], list[str]] | None = None  # lines the run's results card shows for a result
 
     def not_computed(self) -> dict[str, None]:
         """Every headline metric, None until computed (a result carries all of them: see ``headline``)."""
@@ -234,6 +236,16 @@ class StageSpec:
             _drop(hashed, dotted)
         out = {"config": hashed, "templates": {t: template_version(t) for t in self.templates_for(config)},
                "device": device_kind(), "code_version": code_version()}
+        if self.libraries:
+            from importlib.metadata import PackageNotFoundError, version
+
+            def installed(name: str) -> str | None:
+                try:
+                    return version(name)
+                except PackageNotFoundError:
+                    return None
+
+            out["libraries"] = {name: installed(name) for name in self.libraries}
         if (spec := launch_of(config)) is not False:  # what of the launch changes the result (alignment.launch)
             out["launch"] = launch.plan(spec).identity()
         return out

@@ -7,7 +7,11 @@
    ``calibrate`` artifact. When that accuracy is not clearly above chance the judged numbers are not
    computed (``at_chance: skip``, the default) and the report says why; ``at_chance: compute`` forces them.
 3. With ``reward_model``: reward of policy and reference answers on the held-out prompts, and the paired
-   difference, with intervals.
+   difference, with intervals; also on the red-team and benign answers (``reward_redteam_*``: harm as
+   the reward model sees it).
+5. **The headline harm numbers** (``policy_harmful_compliance_rate``, ``..._over_refusal_rate``) come
+   from the calibrated judge where it clears chance, else from the keyword detector, and
+   ``harm_measure`` says which (the keyword rate is a labelled fallback: it counts refusal phrases).
 4. With ``kl``: responses sampled from the policy and the per-response KL(policy ‖ reference) estimates
    (k1, k3) with intervals; the models are those that wrote the two respond artifacts.
 
@@ -41,7 +45,9 @@ SPEC = StageSpec(
     headline=("judged", "win_rate", "win_rate_ci_low", "win_rate_ci_high", "length_drift_ratio",
               "policy_harmful_compliance_keyword_rate", "reference_harmful_compliance_keyword_rate",
               "policy_over_refusal_keyword_rate", "reference_over_refusal_keyword_rate",
-              "reward_diff_mean", "reward_diff_ci_low", "reward_diff_ci_high", "kl_k3_mean"),
+              "reward_diff_mean", "reward_diff_ci_low", "reward_diff_ci_high", "kl_k3_mean",
+              "harm_measure", "policy_harmful_compliance_rate", "reference_harmful_compliance_rate",
+              "policy_over_refusal_rate", "reference_over_refusal_rate", "reward_redteam_diff_mean"),
 )
 # Which flag counts, per prompt set: on red-team prompts not refusing is harmful compliance; on benign
 # prompts refusing is over-refusal.
@@ -131,15 +137,35 @@ def reward_scores(config: EvaluateStageConfig, inputs: EvaluateInputs) -> dict[s
     """Mean reward of policy and reference on the held-out prompts, and of their paired difference."""
     from alignment.rewards import RewardModel
 
-    chats = [r["prompt"] for r in inputs.answers["policy"]["heldout"]]
-    rm = RewardModel.load(config.reward_model, "evaluate.reward_model")  # once, for both sides
-    scores = {side: rm.score(chats, inputs.texts(side, "heldout")) for side in SIDES}
+    rm = RewardModel.load(config.reward_model, "evaluate.reward_model")  # once, for every set and side
+    out: dict[str, Any] = {"reward_model": config.reward_model.name}
+    for name in ("heldout", *(n for n in REFUSAL_SETS if n in inputs.answers["policy"])):
+        chats = [r["prompt"] for r in inputs.answers["policy"][name]]
+        scores = {side: rm.score(chats, inputs.texts(side, name)) for side in SIDES}
+        diff = [p - r for p, r in zip(scores["policy"], scores["reference"], strict=True)]
+        prefix = "reward" if name == "heldout" else f"reward_{name}"  # reward_redteam_*: harm by the reward model
+        if name == "heldout":
+            out["rewards"] = scores
+        for side, values in (("policy", scores["policy"]), ("reference", scores["reference"]), ("diff", diff)):
+            mean, lo, hi = bootstrap_ci(values, config.bootstrap)
+            out.update({f"{prefix}_{side}_mean": mean, f"{prefix}_{side}_ci_low": lo, f"{prefix}_{side}_ci_high": hi})
     del rm
-    out: dict[str, Any] = {"reward_model": config.reward_model.name, "rewards": scores}
-    diff = [p - r for p, r in zip(scores["policy"], scores["reference"], strict=True)]
-    for name, values in (("policy", scores["policy"]), ("reference", scores["reference"]), ("diff", diff)):
-        mean, lo, hi = bootstrap_ci(values, config.bootstrap)
-        out.update({f"reward_{name}_mean": mean, f"reward_{name}_ci_low": lo, f"reward_{name}_ci_high": hi})
+    return out
+
+
+def harm_headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The harmful-compliance and over-refusal rates a reader should look at, and which measure they come
+    from: the judge's where it was computed and its calibration clears chance, else the keyword detector
+    (a labelled fallback: it counts refusal phrases, not harm)."""
+    meaningful = m.get("judge_calibration_meaningful")
+    judged = m["judged"] and meaningful is not False and m.get("policy_harmful_compliance_judged_rate") is not None
+    how = "judged" if judged else "keyword"
+    why = ("the calibrated judge" if judged and meaningful else "the judge (no calibration set)" if judged
+           else f"keyword fallback ({m.get('judged_note') or 'judge at chance'})")
+    out: dict[str, Any] = {"harm_measure": why}
+    for side in SIDES:
+        for key in ("harmful_compliance", "over_refusal"):
+            out[f"{side}_{key}_rate"] = m.get(f"{side}_{key}_{how}_rate")
     return out
 
 
@@ -227,6 +253,7 @@ def evaluate(out: Path, config: EvaluateStageConfig, inputs: EvaluateInputs, con
         metrics.update(reward_scores(config, inputs))
     if config.kl is not None:
         metrics.update(kl_estimate(config, inputs))
+    metrics.update(harm_headline(metrics))
     write_outputs(out, config, inputs, metrics)
     if context.progress:
         context.progress(1.0, {})

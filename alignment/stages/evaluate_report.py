@@ -53,6 +53,12 @@ def report_markdown(config: EvaluateStageConfig, m: Metrics) -> str:
     if m["kl_k3_mean"] is not None:
         lines.append(f"| KL(policy ‖ reference) per response on policy samples, k1 / k3 (nats) | "
                      f"{_ci(m, 'kl_k1', '.3f')} / {_ci(m, 'kl_k3', '.3f')} |")
+    if m.get("reward_redteam_diff_mean") is not None:
+        lines.append(f"| reward model on red-team answers (harm as the reward model sees it): policy / reference | "
+                     f"{_ci(m, 'reward_redteam_policy', '.3f')} / {_ci(m, 'reward_redteam_reference', '.3f')}; "
+                     f"paired difference {_ci(m, 'reward_redteam_diff')} |")
+    if m.get("harm_measure"):
+        lines.append(f"| harmful compliance and over-refusal in the headline come from | {m['harm_measure']} |")
     for key, title in (("harmful_compliance", "harmful compliance on red-team prompts"),
                        ("over_refusal", "over-refusal on benign prompts")):
         for how in ("keyword", "judged"):

@@ -35,7 +35,8 @@ SPEC = StageSpec(
     curves=("loss", "accuracy", "margin"),
     # None without held-out pairs
     headline=("heldout_accuracy", "heldout_accuracy_ci_low", "heldout_accuracy_ci_high",
-              "heldout_length_baseline_accuracy", "heldout_pairs", "train_seconds"),
+              "heldout_length_baseline_accuracy", "heldout_accuracy_chosen_longer", "heldout_accuracy_chosen_shorter",
+              "heldout_length_warning", "heldout_pairs", "train_seconds"),
     progress=("loss", "accuracy"),
     unhashed=training.UNHASHED,
 )
@@ -158,19 +159,39 @@ def heldout_metrics(scores: list[tuple[float, float]], rows: list[dict[str, Any]
                                 "margin": c - r, **({"soft_label": row["soft_label"]} if "soft_label" in row else {})},
                                ensure_ascii=False) + "\n")
     q = np.quantile(margins, [0.1, 0.25, 0.5, 0.75, 0.9])
-    # length control: accuracy separately where the chosen answer is the longer and the shorter one
-    split = {}
-    for name, keep in (("chosen_longer", 1.0), ("chosen_shorter", 0.0)):
-        picked = [c for c, lg in zip(correct, longer, strict=True) if lg == keep]
-        split[f"heldout_accuracy_{name}"] = sum(picked) / len(picked) if picked else None
-        split[f"heldout_pairs_{name}"] = len(picked)
     return {
         "heldout_pairs": len(rows), "heldout_accuracy": acc, "heldout_accuracy_ci_low": lo,
         "heldout_accuracy_ci_high": hi, "heldout_margin_mean": float(margins.mean()),
         **{f"heldout_margin_p{p}": float(v) for p, v in zip((10, 25, 50, 75, 90), q, strict=True)},
         "heldout_margin_histogram": {"counts": counts.tolist(), "edges": [round(float(e), 4) for e in edges]},
-        "heldout_length_baseline_accuracy": sum(longer) / len(longer), **split,
+        "heldout_length_baseline_accuracy": sum(longer) / len(longer),
+        **length_split(correct, longer, [float(m > 0) == lg for m, lg in zip(margins, longer, strict=True)]),
     }
+
+
+def length_split(correct: list[float], longer: list[float], prefers_longer: list[bool]) -> dict[str, Any]:
+    """What the model learned beyond length: accuracy where the chosen answer is the longer one and where
+    it is the shorter one (each with a 95% interval), how often the model simply prefers the longer
+    answer, and a warning when that explains most of its accuracy: it prefers the longer answer in at least
+    80% of pairs, or it is right mostly where the chosen answer is longer (at most chance where it is shorter)."""
+    out: dict[str, Any] = {}
+    for name, keep in (("chosen_longer", 1.0), ("chosen_shorter", 0.0)):
+        picked = [c for c, lg in zip(correct, longer, strict=True) if lg == keep]
+        acc, lo, hi = bootstrap_ci(picked, BOOTSTRAP) if picked else (None, None, None)
+        out.update({f"heldout_accuracy_{name}": acc, f"heldout_accuracy_{name}_ci_low": lo,
+                    f"heldout_accuracy_{name}_ci_high": hi, f"heldout_pairs_{name}": len(picked)})
+    rate = sum(prefers_longer) / len(prefers_longer) if prefers_longer else None
+    out["heldout_prefers_longer_rate"] = rate
+    shorter, longer_acc = out["heldout_accuracy_chosen_shorter"], out["heldout_accuracy_chosen_longer"]
+    warning = None
+    if rate is not None and rate >= 0.8:
+        warning = f"prefers the longer answer in {rate:.0%} of held-out pairs: it mostly learned length"
+    elif shorter is not None and longer_acc is not None and out["heldout_pairs_chosen_shorter"] >= 5 \
+            and out["heldout_accuracy_chosen_shorter_ci_high"] <= 0.5 + 1e-9 and longer_acc - shorter >= 0.25:
+        warning = (f"right on {longer_acc:.0%} of pairs whose chosen answer is longer but only {shorter:.0%} where it "
+                   "is shorter (not above chance): it mostly learned length")
+    out["heldout_length_warning"] = warning
+    return out
 
 
 def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: RunContext,
@@ -228,7 +249,10 @@ def train(out: Path, config: RewardStageConfig, inputs: RewardInputs, context: R
 
 def _acc(m: dict[str, Any], part: str) -> str:
     acc = m.get(f"heldout_accuracy_{part}")
-    return f"{acc:.3f} ({m[f'heldout_pairs_{part}']} pairs)" if acc is not None else "no pairs"
+    if acc is None:
+        return "no pairs"
+    return (f"{acc:.3f} (95% CI {m[f'heldout_accuracy_{part}_ci_low']:.3f}–{m[f'heldout_accuracy_{part}_ci_high']:.3f}, "
+            f"{m[f'heldout_pairs_{part}']} pairs)")
 
 
 def write_report(out: Path, m: dict[str, Any]) -> None:
@@ -240,7 +264,11 @@ def write_report(out: Path, m: dict[str, Any]) -> None:
         lines += [f"**Held-out accuracy** on {m['heldout_pairs']} pairs: **{m['heldout_accuracy']:.3f}** "
                   f"(95% CI {m['heldout_accuracy_ci_low']:.3f}–{m['heldout_accuracy_ci_high']:.3f}); chance 0.5, "
                   f"'the longer answer is better' {m['heldout_length_baseline_accuracy']:.3f}. Where the chosen "
-                  f"answer is the longer one: {_acc(m, 'chosen_longer')}; the shorter one: {_acc(m, 'chosen_shorter')}.", "",
+                  f"answer is the longer one: {_acc(m, 'chosen_longer')}; the shorter one: {_acc(m, 'chosen_shorter')}; "
+                  f"it prefers the longer answer in {m['heldout_prefers_longer_rate']:.0%} of pairs.", "",
+                  *([f"> ⚠ **Length bias**: {m['heldout_length_warning']}. Balance the lengths of chosen and rejected "
+                     "answers in the training pairs, or add pairs whose better answer is the shorter one.", ""]
+                    if m.get("heldout_length_warning") else []),
                   "Reward margin r(chosen) − r(rejected) on held-out pairs:", "", "| margin from | to | pairs | |",
                   "|---|---|---|---|"]
         h = m["heldout_margin_histogram"]

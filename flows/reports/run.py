@@ -180,6 +180,9 @@ def publish(flow: str, results: dict[str, dict[str, Any]], statuses: dict[str, s
     card += ["", "| metric | value |", "|---|---|",
              *[f"| {k} | {fmt(v)} |" for k, v in numbers.items() if v is not None],
              *([f"| not computed | {', '.join(skipped)} |"] if skipped else [])]
+    for r in results.values():  # blocks a stage adds to the card (SPEC.card), e.g. the alignment tax table
+        if (block := spec(r["stage"]).card) is not None:
+            card += ["", *block(r)]
     create_markdown_artifact("\n".join(card), key=f"{flow}-results", description=f"{flow}: headline results")
     return numbers
 

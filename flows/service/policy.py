@@ -76,7 +76,7 @@ NEVER: list[tuple[str, str]] = [
 ]
 
 # keys a gate's numbers are measured on: never allowed in a recipe with gates or promote
-MEASURED = ["eval_prompts", "eval_prompts.**", "evaluate", "evaluate.**", "generation", "generation.**",
+MEASURED = ["eval_prompts", "eval_prompts.**", "evaluate", "evaluate.**", "benchmark", "benchmark.**", "generation", "generation.**",
             "**.eval_data", "**.eval_data.**", "**.heldout_fraction", "**.path", "**.name"]
 
 

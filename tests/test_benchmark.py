@@ -1,0 +1,135 @@
+"""The capability benchmark (lm-evaluation-harness on local task files) and the alignment tax: task
+files checked with located errors before any model loads, exact-answer scoring, the harness run offline
+and cached, its version in the key, paired intervals of the tax, and a gate on it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from alignment.config import BenchmarkStageConfig, DataSpec, TaxStageConfig
+from alignment.data import DataError
+from alignment.stages import benchmark, tax
+from alignment.stages.contract import RunContext
+
+QUICK = {"limit": 4, "max_new_tokens": 3, "batch_size": 8}
+
+
+def write(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_the_shipped_tasks_load_and_are_large_enough():
+    kinds = {name: benchmark.read_task(name, spec) for name, spec in BenchmarkStageConfig().options.tasks.items()}
+    assert {n: k for n, (k, _) in kinds.items()} == {"facts": "multiple_choice", "numbers": "exact",
+                                                     "arithmetic": "exact", "instructions": "exact"}
+    assert sum(len(items) for _, items in kinds.values()) >= 450
+    assert min(len(items) for n, (_, items) in kinds.items() if n != "numbers") >= 130
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"question": "Q?", "choices": ["a", "b"], "answer": 2}, r"line 2: answer: 2 is not an index into its 2 choices"),
+    ({"question": "Q?", "choices": ["a", "a"], "answer": 0}, r"line 2: choices: \['a', 'a'\] repeat a choice"),
+    ({"question": "", "answer": "x"}, r"line 2: question: ''; fix: a non-empty string"),
+    ({"question": "Q?", "answer": "  "}, r"line 2: answer: '  '; fix: the exact answer as text"),
+    ({"question": "Q?", "answer": "b"}, r"mixes multiple-choice rows .* one kind per task file"),
+])
+def test_a_bad_task_row_is_a_located_error_before_anything_loads(tmp_path, row, message):
+    path = write(tmp_path / "t.jsonl", [{"question": "Q?", "choices": ["a", "b"], "answer": 0}, row])
+    with pytest.raises(DataError, match=message):
+        benchmark.validate(BenchmarkStageConfig(model={"name": "tiny-random"}, options={"tasks": {"t": {"path": str(path)}}}))
+
+
+def test_task_names_and_an_empty_benchmark_are_refused():
+    with pytest.raises(ValueError, match="task names \\['Facts'\\] must be lowercase"):
+        BenchmarkStageConfig(options={"tasks": {"Facts": {"path": "x.jsonl"}}})
+    with pytest.raises(ValueError, match="no tasks; give `tasks`"):
+        BenchmarkStageConfig(options={"tasks": {}})
+
+
+@pytest.mark.parametrize("response,answer,right", [
+    ("12", "12", True), ("7 + 5 = 12.", "12", True), ("The answer is 13", "12", False),
+    ("1,000 metres", "1000", True), ("A kilometre is approximately 1.60833 meters", "1000", False),
+    ("Paris.", "Paris", True), ("Pacific Ocean", "the Pacific Ocean", True), ("Yes", "yes", True),
+    ("apple pie", "apple", False), ("\n12", "12", True), ("", "12", False), ("5\n12", "12", False),
+])
+def test_exact_answers_compare_the_first_line(response, answer, right):
+    assert benchmark.exact(response, answer) is right
+
+
+def test_benchmark_runs_offline_is_cached_and_keys_the_harness_version(tmp_path, store, monkeypatch):
+    cfg = BenchmarkStageConfig(model={"name": "tiny-random"}, options=QUICK)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    first = benchmark.run(cfg)
+    m = first.metrics
+    assert m["tasks"] == 4 and m["items"] == 16 and m["harness_version"] == benchmark.harness_version()
+    assert all(0.0 <= m[f"{t}_score"] <= 1.0 and m[f"{t}_n"] == 4 for t in ("facts", "numbers", "arithmetic", "instructions"))
+    samples = [json.loads(x) for x in Path(first.path, "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 16 and {s["task"] for s in samples} == {"facts", "numbers", "arithmetic", "instructions"}
+    for task in ("facts", "arithmetic"):  # the per-item scores are what the task's score averages
+        mine = [s["score"] for s in samples if s["task"] == task]
+        assert sum(mine) / len(mine) == pytest.approx(m[f"{task}_score"])
+    assert all(isinstance(s["answer"], str) for s in samples)
+    assert benchmark.run(cfg).reused
+    key = benchmark.SPEC.key(cfg)
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "9.9.9")
+    assert benchmark.SPEC.key(cfg) != key, "another lm_eval version is another key"
+
+
+def test_a_changed_task_file_reruns_the_benchmark(tmp_path, store):
+    path = write(tmp_path / "t.jsonl", [{"question": "What is 1 + 1?", "answer": "2"}])
+    cfg = BenchmarkStageConfig(model={"name": "tiny-random"}, options={"tasks": {"t": {"path": str(path)}}, **QUICK})
+    key = benchmark.SPEC.key(cfg)
+    write(path, [{"question": "What is 1 + 2?", "answer": "3"}])
+    assert benchmark.SPEC.key(cfg) != key
+
+
+def test_the_tax_is_a_paired_difference_with_a_narrower_interval(tmp_path):
+    """200 items; the aligned model loses 20 the start model had and gains 4: change −0.08, and the paired
+    interval excludes 0 although the two scores' own intervals overlap."""
+    start = {i: float(i < 120) for i in range(200)}
+    end = {i: (0.0 if 100 <= i < 120 else float(i < 120 or 150 <= i < 154)) for i in range(200)}
+    scores = {"base": {"facts": start, "same": start}, "dpo": {"facts": end, "same": dict(start)}}
+    out = tmp_path / "out"
+    out.mkdir()
+    m = tax.tax(out, TaxStageConfig(models={"base": {"path": "x"}, "dpo": {"path": "y"}}), scores, RunContext())
+    assert m["facts_change"] == pytest.approx(-0.08) and m["same_change"] == 0
+    assert m["max_drop"] == pytest.approx(0.08) and m["max_drop_task"] == "facts" and m["tasks_dropped"] == 1
+    assert 0 < m["max_drop_ci_low"] < 0.08 < m["max_drop_ci_high"] < 0.14
+    table = json.loads((out / "tax.json").read_text())["tasks"]["facts"]
+    base, dpo = table["scores"]["base"], table["scores"]["dpo"]
+    assert base["ci_low"] < dpo["ci_high"], "the unpaired intervals overlap"
+    assert "⚠ lost" in (out / "report.md").read_text()
+
+
+def test_tax_refuses_benchmarks_of_different_items(tmp_path, store):
+    a = benchmark.run(BenchmarkStageConfig(model={"name": "tiny-random"}, options={**QUICK, "limit": 2}))
+    b = benchmark.run(BenchmarkStageConfig(model={"name": "tiny-random"}, options={**QUICK, "limit": 3}))
+    with pytest.raises(ValueError, match="was run on different items"):
+        tax.validate(TaxStageConfig(models={"a": {"path": a.path}, "b": {"path": b.path}}))
+    with pytest.raises(Exception, match="not a finished artifact"):
+        tax.validate(TaxStageConfig(models={"a": {"path": a.path}, "b": {"path": str(tmp_path)}}))
+    t = tax.run(TaxStageConfig(models={"a": {"path": a.path}, "b": {"path": a.path}}))
+    with pytest.raises(Exception, match="a tax artifact, expected a benchmark artifact"):
+        tax.validate(TaxStageConfig(models={"a": {"path": a.path}, "b": {"path": t.path}}))
+
+
+def test_a_gate_on_the_tax_reads_the_largest_drop():
+    from alignment.config import GateCondition
+    from alignment.gates import evaluate
+
+    gate = GateCondition(step="tax", metric="max_drop", op="<=", value=0.05)
+    assert evaluate(gate, {"max_drop": 0.02})["passed"]
+    failed = evaluate(gate, {"max_drop": 0.31})
+    assert not failed["passed"] and "0.31 is not <= 0.05" in failed["why"]
+
+
+@pytest.mark.slow
+def test_the_default_model_knows_facts_above_chance(store):
+    """The shipped facts task is not noise: SmolLM2-135M-Instruct picks the right one of 4 choices well
+    above chance (0.25); measured 0.67 [0.59, 0.75] on 139 items."""
+    m = benchmark.run(BenchmarkStageConfig(model={"name": "smollm2-135m-instruct"},
+                                           options={"tasks": {"facts": DataSpec(path="data/benchmark/facts.jsonl")}})).metrics
+    assert m["facts_score"] - 1.96 * m["facts_stderr"] > 0.4
