@@ -8,11 +8,18 @@ has an interval of a few points. Each row is one item:
 
 - multiple choice: ``{"question", "choices": [...], "answer": <index>}`` (scored by log-likelihood);
 - exact answer: ``{"question", "answer": "<text>"}`` (greedy answer, first line, compared exactly after
-  lower-casing and dropping punctuation; numbers are compared as the last number in the line).
+  lower-casing and dropping punctuation; numbers are compared as the last number in the line);
+- open answer: ``{"question", "answers": [...], "wrong": [...]}`` (the question asked as a user would,
+  the greedy free answer must state the fact; ``recall``).
+
+Held out from training: a question that any shipped training file asks (SFT, preference and red-team
+prompts, compared after normalising) is left out, so the benchmark measures what a model knows beyond what
+the pipeline teaches it (tests/test_benchmark.py checks it).
 """
 
 import json
 import random
+import re
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent.parent / "data" / "benchmark"
@@ -30,7 +37,36 @@ CAPITALS = {
     "the Philippines": "Manila", "Indonesia": "Jakarta", "India": "New Delhi", "Ukraine": "Kyiv",
     "Romania": "Bucharest", "Bulgaria": "Sofia", "Serbia": "Belgrade", "Croatia": "Zagreb",
     "Iceland": "Reykjavik", "New Zealand": "Wellington", "Brazil": "Brasília", "Morocco": "Rabat",
+    "Pakistan": "Islamabad", "Bangladesh": "Dhaka", "Nigeria": "Abuja", "Ghana": "Accra",
+    "Ethiopia": "Addis Ababa", "Saudi Arabia": "Riyadh", "Syria": "Damascus", "Lebanon": "Beirut",
+    "Jordan": "Amman", "Afghanistan": "Kabul", "Nepal": "Kathmandu", "Malaysia": "Kuala Lumpur",
+    "Venezuela": "Caracas", "Ecuador": "Quito", "Uruguay": "Montevideo", "Algeria": "Algiers",
+    "Tunisia": "Tunis", "Libya": "Tripoli", "Sudan": "Khartoum", "Uganda": "Kampala", "Zimbabwe": "Harare",
+    "Senegal": "Dakar", "Estonia": "Tallinn", "Latvia": "Riga", "Lithuania": "Vilnius",
+    "Slovakia": "Bratislava", "Slovenia": "Ljubljana", "Belarus": "Minsk", "Armenia": "Yerevan",
+    "Mongolia": "Ulaanbaatar", "North Korea": "Pyongyang", "Cambodia": "Phnom Penh", "Jamaica": "Kingston",
+    "Qatar": "Doha", "Oman": "Muscat", "Scotland": "Edinburgh", "Wales": "Cardiff",
 }
+# Other names a free answer may use for an answer (the recall task accepts them too).
+ALIASES = {
+    "Bogotá": ["Bogota"], "Brasília": ["Brasilia"], "Kyiv": ["Kiev"], "Reykjavik": ["Reykjavík"],
+    "the pound sterling": ["pound", "pounds", "GBP"], "the yen": ["JPY"], "the Pacific Ocean": ["Pacific"],
+    "Mount Everest": ["Everest"], "William Shakespeare": ["Shakespeare"],
+    "Leonardo da Vinci": ["da Vinci", "Leonardo"], "Neil Armstrong": ["Armstrong"], "the Sahara": ["Sahara"],
+    "the Nile": ["Nile"], "carbon dioxide": ["CO2"], "butterflies": ["butterfly", "moths", "moth"],
+    "the blue whale": ["blue whale"], "a kitten": ["kitten"], "a puppy": ["puppy", "pup"],
+    "the piano": ["piano", "keyboard"], "a circle": ["circle", "sphere"], "the sheep": ["sheep"],
+    "the heart": ["heart"], "the lungs": ["lungs", "lung"], "the cheetah": ["cheetah"], "the lion": ["lion"],
+    "the Sun": ["Sun"], "the Moon": ["Moon"], "mercury": ["Hg"], "H2O": ["H₂O"],
+}
+NUMBER_NAMES = {"0": ["zero"], "1": ["one"], "2": ["two"], "3": ["three"], "4": ["four"], "5": ["five"],
+                "6": ["six"], "7": ["seven"], "8": ["eight"], "9": ["nine"], "10": ["ten"], "11": ["eleven"],
+                "12": ["twelve"], "24": ["twenty-four", "twenty four"], "52": ["fifty-two", "fifty two"],
+                "60": ["sixty"], "90": ["ninety"], "100": ["one hundred", "a hundred"],
+                "360": ["three hundred and sixty", "three hundred sixty"],
+                "1000": ["one thousand", "a thousand"]}
+DATA = Path(__file__).resolve().parent.parent / "data"
+TRAINING_FILES = ("sft_train.jsonl", "pref_train.jsonl", "redteam_train.jsonl")
 
 # (question, answer, three wrong answers): general knowledge a small instruct model may know
 FACTS = [
@@ -140,15 +176,36 @@ ANIMALS = ["dog", "cat", "horse", "cow", "sheep", "lion", "rabbit", "mouse", "ea
 THINGS = ["chair", "spoon", "car", "book", "lamp", "shoe", "rock", "cup", "table", "pencil"]
 
 
-def facts(rng: random.Random) -> list[dict]:
-    rows = []
-    for question, answer, wrong in FACTS:
-        rows.append((question, answer, wrong))
+def normalise(question: str) -> str:
+    return re.sub(r"\W+", " ", question.lower()).strip()
+
+
+def trained_questions() -> set[str]:
+    """Every question the shipped training files ask (normalised): the benchmark leaves them out."""
+    seen = set()
+    for name in TRAINING_FILES:
+        for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            prompt = row["messages"][0]["content"] if "messages" in row else row["prompt"]
+            seen.add(normalise(prompt if isinstance(prompt, str) else prompt[-1]["content"]))
+    return seen
+
+
+def held_out(rows: list, trained: set[str]) -> list:
+    return [r for r in rows if normalise(r[0]) not in trained]
+
+
+def without_article(text: str) -> str:
+    return re.sub(r"^(the|a|an)\s+", "", text)
+
+
+def facts(rng: random.Random, trained: set[str]) -> list[dict]:
+    rows = list(FACTS)
     cities = list(CAPITALS.values())
     for country, city in CAPITALS.items():
         rows.append((f"What is the capital of {country}?", city, rng.sample([c for c in cities if c != city], 3)))
     out = []
-    for question, answer, wrong in rows:
+    for question, answer, wrong in held_out(rows, trained):
         choices = [answer, *wrong]
         rng.shuffle(choices)
         out.append({"question": question, "choices": choices, "answer": choices.index(answer)})
@@ -194,15 +251,25 @@ def instructions(rng: random.Random) -> list[dict]:
     return out
 
 
-def numeric_facts() -> list[dict]:
-    """The numeric facts of FACTS, asked for an exact answer (the main job's "1000 metres" kind)."""
-    return [{"question": f"{q} Answer with the number only.", "answer": a}
-            for q, a, _ in FACTS if a.lstrip("-").isdigit()]
+def recall(trained: set[str]) -> list[dict]:
+    """The facts of FACTS and the capitals asked as a user would ("How many metres are in a kilometre?", the
+    main job's held-out kind): the free answer must state the right one (its other names count) before any
+    wrong one (for a capital: any other capital in the list)."""
+    cities = list(CAPITALS.values())
+    capitals = [(f"What is the capital of {country}?", city, [c for c in cities if c != city])
+                for country, city in CAPITALS.items()]
+    out = []
+    for q, a, wrong in held_out(FACTS, trained) + held_out(capitals, trained):
+        answers = [without_article(a), *ALIASES.get(a, []), *NUMBER_NAMES.get(a, [])]
+        out.append({"question": q, "answers": list(dict.fromkeys(answers)),
+                    "wrong": [without_article(w) for w in wrong]})
+    return out
 
 
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    tasks = {"facts": facts(random.Random(1)), "numbers": numeric_facts(),
+    trained = trained_questions()
+    tasks = {"facts": facts(random.Random(1), trained), "recall": recall(trained),
              "arithmetic": arithmetic(random.Random(2)), "instructions": instructions(random.Random(3))}
     for name, rows in tasks.items():
         with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:

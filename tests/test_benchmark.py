@@ -22,10 +22,30 @@ def write(path: Path, rows: list) -> Path:
 
 def test_the_shipped_tasks_load_and_are_large_enough():
     kinds = {name: benchmark.read_task(name, spec) for name, spec in BenchmarkStageConfig().options.tasks.items()}
-    assert {n: k for n, (k, _) in kinds.items()} == {"facts": "multiple_choice", "numbers": "exact",
+    assert {n: k for n, (k, _) in kinds.items()} == {"facts": "multiple_choice", "recall": "open",
                                                      "arithmetic": "exact", "instructions": "exact"}
-    assert sum(len(items) for _, items in kinds.values()) >= 450
-    assert min(len(items) for n, (_, items) in kinds.items() if n != "numbers") >= 130
+    assert min(len(items) for _, items in kinds.values()) >= 130  # a 95% interval of about ±8 points or less
+
+
+def test_the_shipped_tasks_are_held_out_from_every_training_file():
+    """A benchmark question the pipeline trains on would measure recall of the training set, not what
+    the base model knew: no shipped task asks a question any shipped training file asks."""
+    import re
+
+    def norm(q: str) -> str:
+        return re.sub(r"\W+", " ", q.lower()).strip()
+
+    trained = set()
+    for name in ("sft_train", "pref_train", "redteam_train"):
+        for line in Path(f"data/{name}.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            prompt = row["messages"][0]["content"] if "messages" in row else row["prompt"]
+            trained.add(norm(prompt if isinstance(prompt, str) else prompt[-1]["content"]))
+    assert len(trained) > 350
+    asked = {norm(item["question"]) for _, spec in BenchmarkStageConfig().options.tasks.items()
+             for item in benchmark.read_task("t", spec)[1]}
+    assert "how many metres are in a kilometre" in asked  # the main job's held-out question, measured
+    assert not asked & trained
 
 
 @pytest.mark.parametrize("row,message", [
@@ -33,7 +53,10 @@ def test_the_shipped_tasks_load_and_are_large_enough():
     ({"question": "Q?", "choices": ["a", "a"], "answer": 0}, r"line 2: choices: \['a', 'a'\] repeat a choice"),
     ({"question": "", "answer": "x"}, r"line 2: question: ''; fix: a non-empty string"),
     ({"question": "Q?", "answer": "  "}, r"line 2: answer: '  '; fix: the exact answer as text"),
-    ({"question": "Q?", "answer": "b"}, r"mixes multiple-choice rows .* one kind per task file"),
+    ({"question": "Q?", "answer": "b"}, r"mixes kinds of rows \(exact, multiple_choice.* one kind per task file"),
+    ({"question": "Q?", "answers": [], "wrong": ["x"]}, r"line 2: answers: \[\]; fix: at least one accepted answer"),
+    ({"question": "Q?", "answers": ["Paris"], "wrong": ["paris"]}, r"line 2: \['paris'\] is both accepted and wrong"),
+    ({"question": "Q?", "answers": "Paris"}, r"line 2: answers: 'Paris'; fix: a list of non-empty strings"),
 ])
 def test_a_bad_task_row_is_a_located_error_before_anything_loads(tmp_path, row, message):
     path = write(tmp_path / "t.jsonl", [{"question": "Q?", "choices": ["a", "b"], "answer": 0}, row])
@@ -58,6 +81,22 @@ def test_exact_answers_compare_the_first_line(response, answer, right):
     assert benchmark.exact(response, answer) is right
 
 
+KM = (["1000", "one thousand", "a thousand"], ["100", "10", "1609"])
+
+
+@pytest.mark.parametrize("response,answers,right", [
+    ("Akilometer is a unit of length, and it is defined as 1000 metres. So, 1 kilometre is approximately 10", KM, True),
+    ("A kilometre is approximately 1.60833 meters.", KM, False),  # the main job's SFT answer
+    ("There are 1,000 metres in a kilometre.", KM, True), ("One kilometre is a thousand metres.", KM, True),
+    ("It is 100 metres, or 1000 by another count.", KM, False),  # a wrong answer first
+    ("A kilometre is long. It has 1000 metres.", KM, False),  # the first sentence must state it
+    ("It is 1.5 metres", (["15"], []), False), ("The capital of Tunisia is Tunis.", (["Tunis"], ["Tripoli"]), True),
+    ("Tunisia's capital is in the north.", (["Tunis"], []), False),
+])
+def test_open_answers_must_state_the_fact_in_their_first_sentence(response, answers, right):
+    assert benchmark.mentions(response, *answers) is right
+
+
 def test_benchmark_runs_offline_is_cached_and_keys_the_harness_version(tmp_path, store, monkeypatch):
     cfg = BenchmarkStageConfig(model={"name": "tiny-random"}, options=QUICK)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -65,9 +104,9 @@ def test_benchmark_runs_offline_is_cached_and_keys_the_harness_version(tmp_path,
     first = benchmark.run(cfg)
     m = first.metrics
     assert m["tasks"] == 4 and m["items"] == 16 and m["harness_version"] == benchmark.harness_version()
-    assert all(0.0 <= m[f"{t}_score"] <= 1.0 and m[f"{t}_n"] == 4 for t in ("facts", "numbers", "arithmetic", "instructions"))
+    assert all(0.0 <= m[f"{t}_score"] <= 1.0 and m[f"{t}_n"] == 4 for t in ("facts", "recall", "arithmetic", "instructions"))
     samples = [json.loads(x) for x in Path(first.path, "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 16 and {s["task"] for s in samples} == {"facts", "numbers", "arithmetic", "instructions"}
+    assert len(samples) == 16 and {s["task"] for s in samples} == {"facts", "recall", "arithmetic", "instructions"}
     for task in ("facts", "arithmetic"):  # the per-item scores are what the task's score averages
         mine = [s["score"] for s in samples if s["task"] == task]
         assert sum(mine) / len(mine) == pytest.approx(m[f"{task}_score"])
@@ -129,7 +168,7 @@ def test_a_gate_on_the_tax_reads_the_largest_drop():
 @pytest.mark.slow
 def test_the_default_model_knows_facts_above_chance(store):
     """The shipped facts task is not noise: SmolLM2-135M-Instruct picks the right one of 4 choices well
-    above chance (0.25); measured 0.67 [0.59, 0.75] on 139 items."""
+    above chance (0.25); measured 0.74 [0.67, 0.81] on 143 items."""
     m = benchmark.run(BenchmarkStageConfig(model={"name": "smollm2-135m-instruct"},
                                            options={"tasks": {"facts": DataSpec(path="data/benchmark/facts.jsonl")}})).metrics
     assert m["facts_score"] - 1.96 * m["facts_stderr"] > 0.4

@@ -240,15 +240,18 @@ class BenchmarkOptions(Options):
 
     tasks: dict[str, DataSpec] = Field(
         default_factory=lambda: {name: DataSpec(path=f"data/benchmark/{name}.jsonl")
-                                 for name in ("facts", "numbers", "arithmetic", "instructions")},
+                                 for name in ("facts", "recall", "arithmetic", "instructions")},
         description="Local tasks by name: JSONL rows {question, choices, answer: index} (multiple choice, by "
-        "log-likelihood) or {question, answer: text} (greedy answer compared exactly); see data/benchmark/.")
+        "log-likelihood), {question, answer: text} (greedy answer compared exactly) or {question, answers: "
+        "[accepted], wrong: [rejected]} (a free answer that must state the fact); see data/benchmark/.")
     harness_tasks: list[str] = Field(
         default_factory=list, description="lm-eval task names (e.g. [arc_easy, gsm8k]); their data comes from "
         "the Hugging Face hub, so they need network or a populated HF_DATASETS_CACHE.")
     limit: int | None = Field(None, ge=1, description="Only the first N items of each task (quick checks).")
     batch_size: int = Field(32, ge=1, le=512, description="lm-eval batch size.")
     max_new_tokens: int = Field(12, ge=1, le=512, description="Exact-answer tasks: tokens generated (greedy; the answer is read from the first line).")
+    open_max_new_tokens: int = Field(24, ge=1, le=512, description="Open-answer tasks (rows with `answers`): tokens "
+                                     "generated for the free answer the right fact must appear in.")
     chat_template: bool = Field(True, description="Ask through the model's chat template (instruct models).")
     num_fewshot: int = Field(0, ge=0, le=32, description="Few-shot examples per item (from the same task).")
 

@@ -9,7 +9,12 @@ with an exact answer, so nothing is downloaded) and, where a hub is reachable, a
 - **exact answer** ``{"question", "answer": "<text>"}``: lm-eval's greedy ``generate_until`` up to the
   first line break; the answer counts when the line, lower-cased and without punctuation and leading
   articles, equals the answer, or (numeric answers) when the last number in the line equals it
-  (metric ``exact_match``).
+  (metric ``exact_match``), or
+- **open answer** ``{"question", "answers": [...], "wrong": [...]}``: the question as a user would ask it
+  (no "answer with the number only"), a greedy free answer, which counts when its first sentence states
+  one of ``answers`` as a whole word (numbers also as digits with separators dropped) and no
+  ``wrong`` one appears before it: "1 kilometre is 1000 metres" counts, "a kilometre is approximately
+  1.60833 meters" does not (metric ``exact_match``; the main job's held-out answers, measured).
 
 The harness builds these tasks from Python (``custom_dataset``, callables: no task YAML is rendered and
 no task code is imported from a file), scores every item, and reports each task's mean and standard
@@ -40,7 +45,7 @@ SPEC = StageSpec(
     headline=("tasks", "items", "mean_score", "harness_version"),
     libraries=("lm_eval",),
 )
-MC, EXACT = "multiple_choice", "exact"
+MC, EXACT, OPEN = "multiple_choice", "exact", "open"
 ARTICLES = re.compile(r"^(the|a|an)\s+")
 NUMBER = re.compile(r"-?\d+(?:[.,]\d+)*")
 
@@ -83,6 +88,18 @@ def read_task(name: str, spec: DataSpec) -> tuple[str, list[dict[str, Any]]]:
                                 f"0-based index of the right choice (0 to {len(ch) - 1})")
             kinds.add(MC)
             items.append({"question": q, "choices": ch, "answer": ans})
+        elif "answers" in row:
+            ans, wrong = row["answers"], row.get("wrong", [])
+            for key, value in (("answers", ans), ("wrong", wrong)):
+                if not isinstance(value, list) or not all(isinstance(a, str | int) and normalise(str(a)) for a in value):
+                    raise DataError(f"{at}: {key}: {value!r}; fix: a list of non-empty strings")
+            if not ans:
+                raise DataError(f"{at}: answers: []; fix: at least one accepted answer")
+            clash = {normalise(str(a)) for a in ans} & {normalise(str(w)) for w in wrong}
+            if clash:
+                raise DataError(f"{at}: {sorted(clash)} is both accepted and wrong; fix: remove it from one list")
+            kinds.add(OPEN)
+            items.append({"question": q, "answers": [str(a) for a in ans], "wrong": [str(w) for w in wrong]})
         else:
             ans = row.get("answer")
             if isinstance(ans, int | float) and not isinstance(ans, bool):
@@ -93,8 +110,8 @@ def read_task(name: str, spec: DataSpec) -> tuple[str, list[dict[str, Any]]]:
             kinds.add(EXACT)
             items.append({"question": q, "answer": ans})
     if len(kinds) > 1:
-        raise DataError(f"{spec.path}: mixes multiple-choice rows (with `choices`) and exact-answer rows; "
-                        "fix: one kind per task file (split it in two)")
+        raise DataError(f"{spec.path}: mixes kinds of rows ({', '.join(sorted(kinds))}: `choices`, `answers` or "
+                        "a single `answer`); fix: one kind per task file (split it)")
     return kinds.pop(), items
 
 
@@ -110,6 +127,29 @@ def exact(response: str, answer: str) -> bool:
         numbers = NUMBER.findall(line.replace(",", ""))
         return bool(numbers) and numbers[-1].rstrip(".") == answer.strip().replace(",", "")
     return normalise(line) == normalise(answer)
+
+
+def _position(text: str, phrase: str) -> int | None:
+    """Where `phrase` first appears in normalised `text` as whole words (None: it does not)."""
+    m = re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text)
+    return m.start() if m else None
+
+
+def mentions(response: str, answers: list[str], wrong: list[str]) -> bool:
+    """The first sentence of a free answer states one of `answers` (whole words, after normalising; numbers
+    with their thousands separators dropped) and no `wrong` answer comes before it."""
+    line = response.strip().split("\n", 1)[0] if response.strip() else ""
+    text = _spoken(re.split(r"(?<=[.!?])\s+", line, maxsplit=1)[0])
+    right = [p for a in answers if (p := _position(text, _spoken(a))) is not None]
+    if not right:
+        return False
+    first = min(right)
+    return not any((p := _position(text, _spoken(w))) is not None and p < first for w in wrong)
+
+
+def _spoken(text: str) -> str:
+    """Normalised, with 1,000 read as 1000 and 1.5 kept apart from 15."""
+    return normalise(re.sub(r"(?<=\d)\.(?=\d)", "point", re.sub(r"(?<=\d),(?=\d{3})", "", text)))
 
 
 def validate(config: BenchmarkStageConfig) -> dict[str, tuple[str, list[dict[str, Any]]]]:
@@ -134,6 +174,12 @@ def task_config(name: str, kind: str, items: list[dict[str, Any]], config: Bench
         return {**common, "output_type": "multiple_choice", "doc_to_choice": lambda d: d["choices"],
                 "doc_to_target": lambda d: d["answer"], "metric_list": [{"metric": "acc", "aggregation": "mean",
                                                                          "higher_is_better": True}]}
+    if kind == OPEN:
+        return {**common, "output_type": "generate_until", "doc_to_target": lambda d: d["answers"][0],
+                "generation_kwargs": {"until": ["\n"], "max_gen_toks": o.open_max_new_tokens, "do_sample": False},
+                "process_results": lambda doc, results: {
+                    "exact_match": float(mentions(results[0], doc["answers"], doc["wrong"]))},
+                "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}]}
     return {**common, "output_type": "generate_until", "doc_to_target": lambda d: d["answer"],
             "generation_kwargs": {"until": ["\n"], "max_gen_toks": o.max_new_tokens, "do_sample": False},
             "process_results": lambda doc, results: {"exact_match": float(exact(results[0], doc["answer"]))},
