@@ -214,3 +214,23 @@ def test_the_service_installs_its_hooks_through_the_entry_point():
     from flows.service.hooks import ServiceHooks
 
     assert isinstance(hooks(), ServiceHooks)
+
+
+def test_the_serve_process_restarts_when_library_code_changes(tmp_path, monkeypatch):
+    """The served recipe is written out by the recipe schema in `alignment/config`: a serve process that
+    outlives a change there checks runs against a stale copy (a new option's default reads as an override
+    the allowlist refuses), so the fingerprint that decides a restart covers `alignment/` as well as `flows/`."""
+    from flows.service import serve, server
+
+    for folder in ("flows", "alignment/config"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "m.py").write_text("x = 1\n")
+    monkeypatch.setattr(server, "ROOT", tmp_path)
+    monkeypatch.setattr(server, "credential", lambda: "c")
+    before = serve._fingerprint([], [])
+    assert serve._fingerprint([], []) == before
+    (tmp_path / "alignment/config/m.py").write_text("x = 2\n")
+    after = serve._fingerprint([], [])
+    assert after != before
+    (tmp_path / "flows/m.py").write_text("y = 1\n")
+    assert serve._fingerprint([], []) not in (before, after)

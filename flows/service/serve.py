@@ -94,13 +94,14 @@ def deployments(recipes: list[str] = (), extra: list[AllowRule] = (), unsafe: bo
 
 
 def _fingerprint(recipes: list[str], policy: list[str]) -> str:
-    """Recipes, flow code, the parameter policy and the server's credential: a change of any means the
-    serve process must restart (its runs are checked against what it loaded)."""
+    """Recipes, flow and library code, the parameter policy and the server's credential: a change of any
+    means the serve process must restart (its runs are checked against the recipe it loaded, as the recipe
+    schema of that moment wrote it out: a new option's default would read as an override)."""
     h = hashlib.sha256(b"".join(recipe_path(r).read_bytes() for r in recipes))
     h.update("\0".join(policy).encode())
     h.update(server.credential().encode())
     h.update(os.environ.get("ALIGNMENT_FLOWS", "").encode())  # which flows the registry finds
-    code = set((server.ROOT / "flows").rglob("*.py")) | {Path(sys.modules[s.module].__file__) for s in registry.flows().values()}
+    code = set((server.ROOT / "flows").rglob("*.py")) | set((server.ROOT / "alignment").rglob("*.py")) | {Path(sys.modules[s.module].__file__) for s in registry.flows().values()}
     for p in sorted(code):  # the project's flow code and every flow module found elsewhere (plugins, yours)
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
