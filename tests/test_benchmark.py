@@ -141,6 +141,27 @@ def test_the_tax_is_a_paired_difference_with_a_narrower_interval(tmp_path):
     base, dpo = table["scores"]["base"], table["scores"]["dpo"]
     assert base["ci_low"] < dpo["ci_high"], "the unpaired intervals overlap"
     assert "⚠ lost" in (out / "report.md").read_text()
+    assert (m["facts_forgotten"], m["facts_learned"], m["same_forgotten"]) == (20, 4, 0)
+    assert m["forgotten"] == 20 and m["forgotten_rate"] == pytest.approx(20 / 240)  # of the 240 the start knew
+
+
+def test_the_tax_report_lists_what_was_forgotten_with_both_answers(tmp_path):
+    """Churn a net change hides: each item the start got right and the end got wrong is named in the
+    report with both models' answers; the learned ones are counted."""
+    q = ["How many metres are in a kilometre?", "What is the capital of Iraq?", "What is 2 + 2?"]
+    scores = {"base": {"recall": {0: 1.0, 1: 1.0, 2: 0.0}}, "dpo": {"recall": {0: 0.0, 1: 1.0, 2: 1.0}}}
+    answers = {"base": {"recall": {i: {"question": q[i], "answer": a} for i, a in
+                                   enumerate(["It is 1000 metres.", "Baghdad.", "5"])}},
+               "dpo": {"recall": {i: {"question": q[i], "answer": a} for i, a in
+                                  enumerate(["A kilometre is approximately 1.60833 meters.", "Baghdad.", "4"])}}}
+    out = tmp_path / "out"
+    out.mkdir()
+    m = tax.tax(out, TaxStageConfig(models={"base": {"path": "x"}, "dpo": {"path": "y"}}), scores, RunContext(), answers)
+    assert (m["forgotten"], m["learned"], m["forgotten_rate"]) == (1, 1, 0.5)
+    text = (out / "report.md").read_text()
+    assert "### Forgotten on `recall` (1; first 1)" in text
+    assert "| How many metres are in a kilometre? | It is 1000 metres. | A kilometre is approximately 1.60833 meters. |" in text
+    assert "capital of Iraq" not in text and "Forgotten base → dpo: 1 items" in text
 
 
 def test_tax_refuses_benchmarks_of_different_items(tmp_path, store):

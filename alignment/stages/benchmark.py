@@ -271,6 +271,16 @@ def read_samples(result: StageResult | dict[str, Any] | str) -> dict[str, dict[i
     return out
 
 
+def read_answers(result: StageResult | dict[str, Any] | str) -> dict[str, dict[int, dict[str, Any]]]:
+    """Per task, each item's question and the model's answer by doc id (the tax report's examples)."""
+    path = Path(result) if isinstance(result, str) else SPEC.output(result, "samples").parent
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for line in (path / SPEC.outputs["samples"]).read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        out.setdefault(row["task"], {})[row["doc_id"]] = {"question": row["question"], "answer": row["answer"]}
+    return out
+
+
 def run(config: BenchmarkStageConfig, context: RunContext | None = None) -> StageResult:
     with SPEC.start(config, context) as job:  # holds the key's lock until the end
         inputs = validate(job.config)

@@ -11,6 +11,12 @@ dpo − sft) and the whole chain's (dpo − base) with intervals, and the larges
 can bound: ``{step: tax, metric: max_drop, op: "<=", value: 0.05}`` ("no task drops by more than 5 points").
 ``tasks_dropped`` counts the tasks whose whole-chain change is below zero beyond its interval.
 
+A net change hides churn: a model can learn 27 facts and forget 15. So each task also counts the items
+the start model got right and the aligned one gets wrong (``<task>_forgotten``; ``forgotten_rate``: over
+all tasks, the share of what the start knew that the end lost, gateable like ``max_drop``) and those it
+learned, and the report lists the forgotten items with both answers ("How many metres are in a kilometre?
+base: ... 1000 metres / dpo: approximately 1.60833 meters").
+
 Keyed on the benchmark artifacts' ids; a pure computation on their ``samples.jsonl`` (no model loads).
 Output: ``tax.json`` (the table), ``report.md``.
 """
@@ -30,7 +36,7 @@ SPEC = StageSpec(
     config=TaxStageConfig,
     outputs={"table": "tax.json", "report": "report.md"},
     headline=("start", "end", "tasks", "max_drop", "max_drop_task", "max_drop_ci_low", "max_drop_ci_high",
-              "tasks_dropped"),
+              "tasks_dropped", "forgotten", "learned", "forgotten_rate"),
     card=lambda result: card(result),
 )
 
@@ -61,7 +67,9 @@ def _paired(later: dict[int, float], earlier: dict[int, float], n_boot: int) -> 
 
 
 def tax(out: Path, config: TaxStageConfig, scores: dict[str, dict[str, dict[int, float]]],
-        context: RunContext) -> dict[str, Any]:
+        context: RunContext, answers: dict[str, dict[str, dict[int, dict[str, Any]]]] | None = None) -> dict[str, Any]:
+    """The table and metrics; `answers` (label → task → doc id → question and answer, for the start and
+    end models) gives the report its forgotten items."""
     labels = list(scores)
     start, end = labels[0], labels[-1]
     tasks = list(scores[start])
@@ -78,14 +86,23 @@ def tax(out: Path, config: TaxStageConfig, scores: dict[str, dict[str, dict[int,
         row["total"] = _paired(scores[end][task], scores[start][task], config.bootstrap)
         metrics.update({f"{task}_change": row["total"]["change"], f"{task}_change_ci_low": row["total"]["ci_low"],
                         f"{task}_change_ci_high": row["total"]["ci_high"]})
+        right = [i for i, v in scores[start][task].items() if v >= 1.0]
+        row["forgotten"] = sorted(i for i in right if scores[end][task][i] < 1.0)
+        row["learned"] = sorted(i for i, v in scores[start][task].items() if v < 1.0 and scores[end][task][i] >= 1.0)
+        row["start_right"] = len(right)
+        metrics.update({f"{task}_forgotten": len(row["forgotten"]), f"{task}_learned": len(row["learned"])})
         table[task] = row
+    known = sum(table[t]["start_right"] for t in tasks)
+    metrics.update({"forgotten": sum(len(table[t]["forgotten"]) for t in tasks),
+                    "learned": sum(len(table[t]["learned"]) for t in tasks)})
+    metrics["forgotten_rate"] = metrics["forgotten"] / known if known else 0.0
     worst = max(tasks, key=lambda t: -table[t]["total"]["change"])
     total = table[worst]["total"]
     metrics.update({"max_drop": -total["change"], "max_drop_task": worst, "max_drop_ci_low": -total["ci_high"],
                     "max_drop_ci_high": -total["ci_low"],
                     "tasks_dropped": sum(table[t]["total"]["ci_high"] < 0 for t in tasks)})
     (out / SPEC.outputs["table"]).write_text(json.dumps({"models": labels, "tasks": table}, indent=2))
-    (out / SPEC.outputs["report"]).write_text(report(labels, table, metrics), encoding="utf-8")
+    (out / SPEC.outputs["report"]).write_text(report(labels, table, metrics, answers), encoding="utf-8")
     if context.progress:
         context.progress(1.0, {})
     return metrics
@@ -112,13 +129,29 @@ def markdown_table(labels: list[str], table: dict[str, Any]) -> list[str]:
     return lines
 
 
-def report(labels: list[str], table: dict[str, Any], m: dict[str, Any]) -> str:
+def churn(table: dict[str, Any], m: dict[str, Any]) -> str:
+    per_task = ", ".join(f"{t} {len(r['forgotten'])}/{r['start_right']}" for t, r in table.items())
+    return (f"Forgotten {m['start']} → {m['end']}: {m['forgotten']} items the start got right ({m['forgotten_rate']:.1%}; "
+            f"{per_task}); learned: {m['learned']}.")
+
+
+def report(labels: list[str], table: dict[str, Any], m: dict[str, Any],
+           answers: dict[str, dict[str, dict[int, dict[str, Any]]]] | None = None, shown: int = 10) -> str:
     lines = ["# Alignment tax", "", f"Benchmark scores of {' → '.join(labels)} on the same items, and each "
              "change as a paired difference (later − earlier) with its 95% bootstrap interval over items. "
              "A change whose interval lies below 0 is a loss (⚠).", "", *markdown_table(labels, table), "",
              f"**Largest drop** {m['start']} → {m['end']}: {m['max_drop']:+.3f} on `{m['max_drop_task']}` "
              f"(95% CI {m['max_drop_ci_low']:+.3f} to {m['max_drop_ci_high']:+.3f}); tasks lost beyond their "
-             f"interval: {m['tasks_dropped']} of {m['tasks']}."]
+             f"interval: {m['tasks_dropped']} of {m['tasks']}.", "", churn(table, m)]
+    start, end = m["start"], m["end"]
+    for task, row in table.items() if answers else ():
+        if not row["forgotten"]:
+            continue
+        lines += ["", f"### Forgotten on `{task}` ({len(row['forgotten'])}; first {min(shown, len(row['forgotten']))})", "",
+                  f"| question | {start} | {end} |", "|---|---|---|"]
+        for i in row["forgotten"][:shown]:
+            cell = [answers[start][task][i]["question"], answers[start][task][i]["answer"], answers[end][task][i]["answer"]]
+            lines.append("| " + " | ".join(str(c or "").replace("|", "\\|").replace("\n", " ")[:120] for c in cell) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -128,7 +161,8 @@ def card(result: StageResult | dict[str, Any]) -> list[str]:
     return ["## Capability benchmark and alignment tax", "", *markdown_table(data["models"], data["tasks"]), "",
             f"Largest drop {m['start']} → {m['end']}: {m['max_drop']:+.3f} on `{m['max_drop_task']}` (95% CI "
             f"{m['max_drop_ci_low']:+.3f} to {m['max_drop_ci_high']:+.3f}); tasks lost beyond their interval: "
-            f"{m['tasks_dropped']} of {m['tasks']}. Scores [95% CI]; changes are paired differences."]
+            f"{m['tasks_dropped']} of {m['tasks']}. Scores [95% CI]; changes are paired differences.", "",
+            churn(data["tasks"], m) + " The `tax` step's report lists them."]
 
 
 def read_table(result: StageResult | dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +175,9 @@ def run(config: TaxStageConfig, context: RunContext | None = None) -> StageResul
         if job.done():  # stored already
             return job.result
         with job.writing() as out:
-            job.commit(out, tax(out, job.config, inputs, job.context))
+            ends = (next(iter(job.config.models)), next(reversed(job.config.models)))
+            answers = {label: benchmark.read_answers(job.config.models[label].path) for label in ends}
+            job.commit(out, tax(out, job.config, inputs, job.context, answers))
         return job.result
 
 
